@@ -1,0 +1,219 @@
+"""Loading the models a stage needs, per-token scores from sequence-classification heads, and
+tokenizer compatibility checks.
+
+Every model here is a stock Hugging Face class: policies are ``AutoModelForCausalLM``; reward models and
+critics are ``AutoModelForSequenceClassification`` with one label. A critic's per-token values are that
+head applied to every hidden state, so the critic initialised from the reward model starts from the
+reward model's own value head, and both save as ordinary HF folders.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from rto.errors import RtoError
+
+log = logging.getLogger(__name__)
+
+# Keys under which `rto rm` stores its score statistics in the reward model's config.json.
+SCORE_MEAN_KEY = "rto_score_mean"
+SCORE_STD_KEY = "rto_score_std"
+
+
+def _check_source(name: str, path: str) -> None:
+    """A local-looking path that does not exist is a user mistake, not a hub id."""
+    if not path:
+        raise RtoError(f"no {name} given")
+    p = Path(path)
+    looks_local = path.startswith((".", "/", "~")) or p.suffix in {".json", ".safetensors"} or path.count("/") > 1
+    if looks_local and not p.exists():
+        raise RtoError(f"{name}: folder not found: {path}")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right"):
+    """Tokenizer with a pad token distinct from EOS (a pad equal to EOS breaks masks and EOS checks)."""
+    _check_source("tokenizer", path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise RtoError(f"could not load a tokenizer from '{path}': {e}") from e
+    if tok.eos_token_id is None:
+        raise RtoError(f"tokenizer of '{path}' has no EOS token; set tokenizer.eos_token and save it first")
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        if tok.unk_token_id is not None and tok.unk_token_id != tok.eos_token_id:
+            tok.pad_token = tok.unk_token
+        else:
+            tok.add_special_tokens({"pad_token": "<|rto_pad|>"})
+        log.warning("tokenizer of %s had no pad token distinct from EOS; using %r", path, tok.pad_token)
+    tok.padding_side = padding_side
+    return tok
+
+
+def _fit_embeddings(model: PreTrainedModel, tokenizer) -> None:
+    if tokenizer is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if tokenizer is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_causal_lm(
+    path: str, tokenizer=None, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+) -> PreTrainedModel:
+    _check_source("model", path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
+        )
+    except OSError as e:
+        raise RtoError(f"could not load a causal LM from '{path}': {e}") from e
+    _fit_embeddings(model, tokenizer)
+    return model
+
+
+def load_score_model(
+    path: str, tokenizer=None, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+) -> PreTrainedModel:
+    """A one-label sequence-classification model (reward model or critic). From a causal-LM folder the
+    head starts fresh (transformers says so in its log)."""
+    _check_source("reward model", path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
+        )
+    except OSError as e:
+        raise RtoError(f"could not load a sequence-classification model from '{path}': {e}") from e
+    _fit_embeddings(model, tokenizer)
+    score_head(model)  # fail early if the architecture has no recognisable head
+    return model
+
+
+def is_score_model(path: str, trust_remote_code: bool = False) -> bool:
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
+
+
+def score_head(model: PreTrainedModel) -> torch.nn.Module:
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise RtoError(f"{type(model).__name__} has no 'score' head; use a *ForSequenceClassification model")
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so left- and right-padded rows see the same positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.logits
+
+
+def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The one-label head applied at every position: (B, T). Values for a critic; the reward is the
+    entry at the last non-pad token."""
+    backbone = model.base_model
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    head = score_head(model)
+    return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended position of each row (works for left and right padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reward-model score read at the last non-pad token of each row: (B,)."""
+    scores = token_scores(model, input_ids, attention_mask)
+    idx = last_token_index(attention_mask)
+    return scores.gather(1, idx[:, None]).squeeze(1)
+
+
+def score_stats(model: PreTrainedModel, path: str = "reward model") -> tuple[float, float]:
+    mean = getattr(model.config, SCORE_MEAN_KEY, None)
+    std = getattr(model.config, SCORE_STD_KEY, None)
+    if mean is None or std is None:
+        raise RtoError(
+            f"{path} has no score normalisation stats ({SCORE_MEAN_KEY}/{SCORE_STD_KEY} in config.json); "
+            "train it with `rto rm`, add them by hand, or pass --no-normalize-rm-score"
+        )
+    return float(mean), max(float(std), 1e-6)
+
+
+def same_vocabulary(tok_a, tok_b) -> bool:
+    """True when both tokenizers map every token string to the same id."""
+    if len(tok_a) != len(tok_b):
+        return False
+    return tok_a.get_vocab() == tok_b.get_vocab()
+
+
+def require_same_vocabulary(tok_a, tok_b, name_a: str, name_b: str) -> None:
+    if not same_vocabulary(tok_a, tok_b):
+        raise RtoError(
+            f"{name_b} uses a different tokenizer than {name_a} (vocab sizes {len(tok_b)} vs {len(tok_a)}"
+            + ("" if len(tok_a) != len(tok_b) else ", same size but different token ids")
+            + "); token log-ratios need the same tokens: train the DPO model from the same SFT model"
+        )
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """RL needs deterministic scoring: the same sequence must get the same log-prob twice."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def lora_wrap(model: PreTrainedModel, cfg, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
+    """Wrap with peft LoRA adapters (import only when asked for)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise RtoError("--lora needs peft: pip install 'rto-rlhf[lora]'") from e
+    targets = cfg.lora_target_modules
+    target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target_modules,
+        task_type=task_type,
+    )
+    return get_peft_model(model, lcfg)
+
+
+def response_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0):
+    """log p(token t+1 | tokens <= t) for every position: (B, T-1). Logits are divided by the sampling
+    temperature so that policy, reference and DPO scores match what the sampler drew from."""
+    from rto.algorithms.logprobs import shifted_token_logprobs
+
+    logits = causal_lm_logits(model, input_ids, attention_mask)
+    return shifted_token_logprobs(logits, input_ids, temperature=temperature)

@@ -1,0 +1,86 @@
+"""`rto rm`: a Bradley-Terry reward model, loss -log sigmoid(r_chosen - r_rejected), on a one-label
+sequence-classification head read at the last non-pad token.
+
+After training, the mean and std of its scores on the training responses (chosen and rejected) are stored
+in the model's config.json (`rto_score_mean`, `rto_score_std`) so PPO can normalise scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rto import models
+from rto.config import RewardConfig, validate_config
+from rto.data.collate import collate_preference
+from rto.data.formats import to_preference_examples
+from rto.data.loading import load_rows
+from rto.data.tokenize import tokenize_all, tokenize_preference
+from rto.trainers import common
+from rto.trainers.supervised import SupervisedStage, train_supervised
+
+
+def preference_scores(model, batch_items: list[dict], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen scores, rejected scores) for a list of tokenized preference pairs, one forward pass."""
+    batch = {k: v.to(device) for k, v in collate_preference(batch_items, pad_id).items()}
+    scores = models.sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+    n = len(batch_items)
+    return scores[:n], scores[n:]
+
+
+@torch.inference_mode()
+def measure_score_stats(acc, model, items: list[dict], pad_id: int, batch_size: int) -> tuple[float, float]:
+    """Mean and std of the RM's scores over every training response, across all processes."""
+    model.eval()
+    local = items[acc.process_index :: acc.num_processes]
+    s = sq = n = 0.0
+    for mb in common.micro_batches(local, batch_size):
+        c, r = preference_scores(model, mb, pad_id, acc.device)
+        both = torch.cat([c, r]).double()
+        s, sq, n = s + float(both.sum()), sq + float((both**2).sum()), n + both.numel()
+    s, sq, n = common.global_sum(acc, [s, sq, n]).tolist()
+    mean = s / n
+    std = max(sq / n - mean**2, 0.0) ** 0.5
+    return mean, std
+
+
+def train_reward(cfg: RewardConfig) -> Path:
+    validate_config(cfg)
+    acc = common.make_accelerator(cfg)
+    out = common.prepare_output_dir(acc, cfg)
+    common.init_trackers(acc, cfg, "rto-rm")
+    tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
+    rows = load_rows(cfg.data, cfg.split, cfg.data_subset)
+    examples = to_preference_examples(rows, common.column_map(cfg), source=cfg.data)
+    items, counts = tokenize_all(
+        tokenize_preference, tokenizer, examples, source=cfg.data, max_length=cfg.max_length, overflow=cfg.overflow
+    )
+    common.report_counts(acc, "rm", cfg.data, counts)
+    model = models.load_score_model(cfg.model, tokenizer, cfg.trust_remote_code)
+    if cfg.lora:
+        model = models.lora_wrap(model, cfg, task_type="SEQ_CLS")
+    pad = tokenizer.pad_token_id
+
+    def loss_sums(model, batch_items):
+        c, r = preference_scores(model, batch_items, pad, acc.device)
+        loss = -F.logsigmoid(c - r).sum()
+        if cfg.center_rewards_coefficient:
+            loss = loss + cfg.center_rewards_coefficient * 0.5 * (c**2 + r**2).sum()
+        c, r = c.detach(), r.detach()
+        return loss, {
+            "accuracy": float((c > r).float().sum()),
+            "rewards/chosen": float(c.sum()),
+            "rewards/rejected": float(r.sum()),
+            "rewards/margins": float((c - r).sum()),
+        }
+
+    result = train_supervised(cfg, acc, model, items, SupervisedStage("rm", loss_sums, lambda item: 1.0))
+    mean, std = measure_score_stats(acc, result["model"], items, pad, cfg.per_device_batch_size)
+    stats = {models.SCORE_MEAN_KEY: mean, models.SCORE_STD_KEY: std}
+    if acc.is_main_process:
+        common.log.info("reward model score stats on training responses: mean %.4f std %.4f", mean, std)
+    common.save_hf_folder(acc, result["model"], tokenizer, out, extra_config=stats)
+    common.finish(acc)
+    return out

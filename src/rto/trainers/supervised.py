@@ -1,0 +1,100 @@
+"""The loop shared by the supervised stages (SFT, reward model, DPO).
+
+Each stage supplies `loss_sums(model, micro_batch_items) -> (loss_sum, metric_sums)` and
+`count(item) -> float` (tokens for SFT, examples for preference losses). The global step's loss is
+sum(loss_sum) / global count over every micro-batch of every process, so the update is the same for any
+split of the global batch into processes and accumulation steps (DDP averages gradients over
+processes, hence the factor num_processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rto.errors import NonFiniteError, RtoError
+from rto.trainers import common
+
+
+@dataclass
+class SupervisedStage:
+    name: str
+    loss_sums: Callable[[torch.nn.Module, list[dict]], tuple[torch.Tensor, dict[str, float]]]
+    count: Callable[[dict], float]
+    extra_models: list = field(default_factory=list)
+
+
+def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage) -> dict[str, Any]:
+    """Run the optimisation; returns {"steps": n, "history": [...]}. Model is trained in place."""
+    global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+    total_steps = common.total_steps_for(len(items), global_batch, cfg.num_epochs, cfg.max_steps)
+    if len(items) < global_batch:
+        raise RtoError(
+            f"{stage.name}: {len(items)} examples after tokenization, fewer than one global batch "
+            f"({cfg.per_device_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation x "
+            f"{acc.num_processes} processes = {global_batch})"
+        )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = common.make_optimizer(model.parameters(), cfg.learning_rate, cfg)
+    scheduler = common.make_scheduler(optimizer, cfg, total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(scheduler)
+
+    start = 0
+    if cfg.resume:
+        state = common.load_latest_checkpoint(acc, cfg.output_dir)
+        if state is not None:
+            start = state["step"]
+    metrics = common.MetricsLog(acc, cfg.output_dir, resume_step=start if cfg.resume else None)
+    bar = common.progress_bar(acc, cfg, total_steps, f"rto {stage.name}", initial=start)
+    batches = common.global_batches(len(items), global_batch, cfg.seed, start_step=start)
+    model.train()
+    for step, indices in batches:
+        if step >= total_steps:
+            break
+        local = [items[i] for i in common.process_share(indices, acc)]
+        micro = common.micro_batches(local, cfg.per_device_batch_size)
+        local_count = sum(stage.count(it) for it in local)
+        global_count = float(common.global_sum(acc, [local_count])[0])
+        sums: dict[str, float] = {}
+        for k, mb in enumerate(micro):
+            last = k == len(micro) - 1
+            ctx = acc.no_sync(model) if not last else contextlib.nullcontext()
+            with ctx:
+                loss_sum, metric_sums = stage.loss_sums(model, mb)
+                loss = loss_sum / global_count * acc.num_processes
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"non-finite {stage.name} loss at step {step + 1}")
+                acc.backward(loss)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
+            for key, v in metric_sums.items():
+                sums[key] = sums.get(key, 0.0) + float(v)
+        try:
+            grad_norm = common.clip_and_check_grads(acc, model, cfg.max_grad_norm, step + 1, "model")
+        except NonFiniteError:
+            if cfg.on_nonfinite == "stop":
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        keys = sorted(sums)
+        totals = common.global_sum(acc, [sums[k] for k in keys])
+        row = {k: float(v) / global_count for k, v in zip(keys, totals)}
+        row.update(grad_norm=grad_norm, learning_rate=scheduler.get_last_lr()[0], epoch=done * global_batch / len(items))
+        if done % cfg.logging_steps == 0 or done == total_steps:
+            metrics.log(done, row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
+            common.save_checkpoint(acc, cfg.output_dir, done, {}, cfg.save_total_limit)
+    bar.close()
+    model.eval()
+    return {"steps": total_steps, "history": metrics.history, "model": model}
