@@ -129,6 +129,8 @@ class TrainStageConfig(RunConfig, DataColumns, LoraOptions, OptimOptions):
     """Passes over the data (fractions allowed)."""
     max_steps: int = -1
     """If > 0, stop after this many optimizer steps (overrides num_epochs)."""
+    disable_dropout: bool = False
+    """Turn dropout off in the trained model."""
 
 
 @dataclass
@@ -147,6 +149,8 @@ class RewardConfig(TrainStageConfig):
     """Peak learning rate."""
     center_rewards_coefficient: float = 0.0
     """Optional penalty coef * mean(r^2) keeping scores near zero (0 disables)."""
+    disable_dropout: bool = True
+    """Turn dropout off: scores are then the same in training and in use."""
 
 
 @dataclass
@@ -155,6 +159,8 @@ class DPOConfig(TrainStageConfig):
 
     learning_rate: float = 5e-7
     """Peak learning rate."""
+    disable_dropout: bool = True
+    """Turn dropout off, so that at step 0 the policy equals the reference (loss log 2)."""
     beta: float = 0.1
     """DPO temperature: strength of the implicit KL to the reference."""
     loss_type: Literal["sigmoid", "ipo", "simpo", "rdpo", "tdpo"] = "sigmoid"

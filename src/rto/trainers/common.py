@@ -112,7 +112,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def global_batches(n: int, global_batch: int, seed: int, start_step: int = 0) -> Iterator[tuple[int, list[int]]]:
+def global_batches(
+    n: int, global_batch: int, seed: int, start_step: int = 0
+) -> Iterator[tuple[int, list[int]]]:
     """Endless (step, indices) over seeded epochs, dropping the last incomplete batch of each epoch."""
     per_epoch = n // global_batch
     if per_epoch == 0:
@@ -271,7 +273,9 @@ def save_checkpoint(
     except OSError as e:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise RtoError(f"could not write checkpoint {final}: {e.strerror or e}; older checkpoints are intact") from e
+        raise RtoError(
+            f"could not write checkpoint {final}: {e.strerror or e}; older checkpoints are intact"
+        ) from e
     acc.wait_for_everyone()
     if acc.is_main_process:
         if final.exists():
@@ -305,7 +309,9 @@ def load_latest_checkpoint(acc: Accelerator, output_dir: str | Path) -> dict[str
 # ----------------------------------------------------------------------------- final outputs
 
 
-def save_hf_folder(acc: Accelerator, model, tokenizer, folder: str | Path, extra_config: dict | None = None) -> None:
+def save_hf_folder(
+    acc: Accelerator, model, tokenizer, folder: str | Path, extra_config: dict | None = None
+) -> None:
     """An ordinary Hugging Face folder (safetensors), loadable without rto."""
     acc.wait_for_everyone()
     if acc.is_main_process:

@@ -30,7 +30,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
     rows = load_rows(cfg.data, cfg.split, cfg.data_subset)
     examples = to_preference_examples(rows, common.column_map(cfg), source=cfg.data)
     items, counts = tokenize_all(
-        tokenize_preference, tokenizer, examples, source=cfg.data, max_length=cfg.max_length, overflow=cfg.overflow
+        tokenize_preference,
+        tokenizer,
+        examples,
+        source=cfg.data,
+        max_length=cfg.max_length,
+        overflow=cfg.overflow,
     )
     common.report_counts(acc, "dpo", cfg.data, counts)
     policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
@@ -65,7 +70,9 @@ def train_dpo(cfg: DPOConfig) -> Path:
         pc, pr, rc, rr = logps[:n], logps[n:], ref_logps[:n], ref_logps[n:]
         if cfg.loss_type == "tdpo":
             seq_kl = sequential_kl(logits[:, :-1], ref_logits[:, :-1], mask)
-            losses, cw, rw = tdpo_loss(pc, pr, rc, rr, seq_kl[:n], seq_kl[n:], beta=cfg.beta, alpha=cfg.tdpo_alpha)
+            losses, cw, rw = tdpo_loss(
+                pc, pr, rc, rr, seq_kl[:n], seq_kl[n:], beta=cfg.beta, alpha=cfg.tdpo_alpha
+            )
         else:
             extra = {}
             if cfg.loss_type in ("simpo", "rdpo"):
@@ -74,7 +81,14 @@ def train_dpo(cfg: DPOConfig) -> Path:
                     cfg.simpo_gamma if cfg.loss_type == "simpo" else cfg.rdpo_alpha
                 )
             losses, cw, rw = dpo_loss(
-                pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, **extra
+                pc,
+                pr,
+                rc,
+                rr,
+                beta=cfg.beta,
+                loss_type=cfg.loss_type,
+                label_smoothing=cfg.label_smoothing,
+                **extra,
             )
         return losses.sum(), {
             "rewards/chosen": float(cw.sum()),
@@ -87,7 +101,11 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
     result = train_supervised(cfg, acc, policy, items, SupervisedStage("dpo", loss_sums, lambda item: 1.0))
     common.save_hf_folder(
-        acc, result["model"], tokenizer, out, extra_config={"rto_dpo_beta": cfg.beta, "rto_dpo_loss": cfg.loss_type}
+        acc,
+        result["model"],
+        tokenizer,
+        out,
+        extra_config={"rto_dpo_beta": cfg.beta, "rto_dpo_loss": cfg.loss_type},
     )
     common.finish(acc)
     return out

@@ -22,7 +22,9 @@ from rto.trainers import common
 from rto.trainers.supervised import SupervisedStage, train_supervised
 
 
-def preference_scores(model, batch_items: list[dict], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def preference_scores(
+    model, batch_items: list[dict], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen scores, rejected scores) for a list of tokenized preference pairs, one forward pass."""
     batch = {k: v.to(device) for k, v in collate_preference(batch_items, pad_id).items()}
     scores = models.sequence_scores(model, batch["input_ids"], batch["attention_mask"])
@@ -55,7 +57,12 @@ def train_reward(cfg: RewardConfig) -> Path:
     rows = load_rows(cfg.data, cfg.split, cfg.data_subset)
     examples = to_preference_examples(rows, common.column_map(cfg), source=cfg.data)
     items, counts = tokenize_all(
-        tokenize_preference, tokenizer, examples, source=cfg.data, max_length=cfg.max_length, overflow=cfg.overflow
+        tokenize_preference,
+        tokenizer,
+        examples,
+        source=cfg.data,
+        max_length=cfg.max_length,
+        overflow=cfg.overflow,
     )
     common.report_counts(acc, "rm", cfg.data, counts)
     model = models.load_score_model(cfg.model, tokenizer, cfg.trust_remote_code)

@@ -20,7 +20,9 @@ def train_sft(cfg: SFTConfig) -> Path:
     out = common.prepare_output_dir(acc, cfg)
     common.init_trackers(acc, cfg, "rto-sft")
     tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
-    examples = to_sft_examples(load_rows(cfg.data, cfg.split, cfg.data_subset), common.column_map(cfg), source=cfg.data)
+    examples = to_sft_examples(
+        load_rows(cfg.data, cfg.split, cfg.data_subset), common.column_map(cfg), source=cfg.data
+    )
     items, counts = tokenize_all(
         tokenize_sft, tokenizer, examples, source=cfg.data, max_length=cfg.max_length, overflow=cfg.overflow
     )
@@ -44,4 +46,3 @@ def train_sft(cfg: SFTConfig) -> Path:
     common.save_hf_folder(acc, result["model"], tokenizer, out)
     common.finish(acc)
     return out
-

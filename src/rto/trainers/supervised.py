@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from rto import models
 from rto.errors import NonFiniteError, RtoError
 from rto.trainers import common
 
@@ -38,6 +39,8 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
             f"({cfg.per_device_batch_size} per device x {cfg.gradient_accumulation_steps} accumulation x "
             f"{acc.num_processes} processes = {global_batch})"
         )
+    if cfg.disable_dropout:
+        models.disable_dropout(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = common.make_optimizer(model.parameters(), cfg.learning_rate, cfg)
@@ -88,7 +91,11 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
         keys = sorted(sums)
         totals = common.global_sum(acc, [sums[k] for k in keys])
         row = {k: float(v) / global_count for k, v in zip(keys, totals)}
-        row.update(grad_norm=grad_norm, learning_rate=scheduler.get_last_lr()[0], epoch=done * global_batch / len(items))
+        row.update(
+            grad_norm=grad_norm,
+            learning_rate=scheduler.get_last_lr()[0],
+            epoch=done * global_batch / len(items),
+        )
         if done % cfg.logging_steps == 0 or done == total_steps:
             metrics.log(done, row)
         bar.update(1)
