@@ -27,12 +27,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def sft_rows(n: int = 48) -> list[dict]:
     texts = POSITIVE + NEGATIVE
-    return [{"prompt": PROMPTS[i % len(PROMPTS)] + " ", "completion": texts[i % len(texts)]} for i in range(n)]
+    return [
+        {"prompt": PROMPTS[i % len(PROMPTS)] + " ", "completion": texts[i % len(texts)]} for i in range(n)
+    ]
 
 
 def preference_rows(n: int = 48) -> list[dict]:
     return [
-        {"prompt": PROMPTS[i % len(PROMPTS)] + " ", "chosen": POSITIVE[i % 4], "rejected": NEGATIVE[(i + 1) % 4]}
+        {
+            "prompt": PROMPTS[i % len(PROMPTS)] + " ",
+            "chosen": POSITIVE[i % 4],
+            "rejected": NEGATIVE[(i + 1) % 4],
+        }
         for i in range(n)
     ]
 
@@ -42,4 +48,6 @@ def prompt_rows(n: int = 32) -> list[dict]:
 
 
 def read_metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]

@@ -9,7 +9,9 @@ from tests.conftest import make_tiny_gpt2
 def _gen(model, tok, prompts, seeds, **kw):
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)
-    args = dict(max_new_tokens=10, temperature=1.0, top_p=1.0, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    args = dict(
+        max_new_tokens=10, temperature=1.0, top_p=1.0, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id
+    )
     args.update(kw)
     return generate(model, enc.input_ids, enc.attention_mask, seeds, **args)
 
@@ -59,7 +61,14 @@ def test_sampling_matches_softmax(tiny_tokenizer):
     with torch.no_grad():  # sharpen the output distribution so the check has power
         model.lm_head.weight.mul_(40.0)
     n = 3000
-    roll = _gen(model, tiny_tokenizer, ["The movie"] * n, sample_seeds(1, 0, torch.arange(n)), max_new_tokens=1, temperature=0.7)
+    roll = _gen(
+        model,
+        tiny_tokenizer,
+        ["The movie"] * n,
+        sample_seeds(1, 0, torch.arange(n)),
+        max_new_tokens=1,
+        temperature=0.7,
+    )
     ids = tiny_tokenizer(["The movie"], return_tensors="pt").input_ids
     with torch.no_grad():
         probs = torch.softmax(model(ids).logits[0, -1] / 0.7, -1)
@@ -90,6 +99,8 @@ def test_response_mask_counts_eos_and_masks_after():
 def test_generation_stops_early_when_all_rows_end(tiny_tokenizer):
     model = make_tiny_gpt2(tiny_tokenizer).eval()
     _boost(model, tiny_tokenizer.eos_token_id)  # EOS dominates: every row ends at the first step
-    roll = _gen(model, tiny_tokenizer, ["The movie", "Hello"], sample_seeds(0, 0, torch.arange(2)), max_new_tokens=20)
+    roll = _gen(
+        model, tiny_tokenizer, ["The movie", "Hello"], sample_seeds(0, 0, torch.arange(2)), max_new_tokens=20
+    )
     assert roll.response_ids.shape[1] == 1
     assert roll.ended.all()

@@ -13,7 +13,9 @@ from rto.trainers.reward import train_reward
 from rto.trainers.sft import train_sft
 from tests.trainers.helpers import preference_rows, read_metrics, sft_rows, write_jsonl
 
-COMMON = dict(per_device_batch_size=8, logging_steps=1, progress=False, warmup_ratio=0.0, lr_scheduler="constant")
+COMMON = dict(
+    per_device_batch_size=8, logging_steps=1, progress=False, warmup_ratio=0.0, lr_scheduler="constant"
+)
 
 
 def _first_last(history, key):
@@ -24,7 +26,14 @@ def _first_last(history, key):
 
 def test_sft_learns_and_saves_a_plain_hf_folder(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows())
-    cfg = SFTConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "sft"), learning_rate=3e-3, max_steps=24, **COMMON)
+    cfg = SFTConfig(
+        model=str(tiny_model_dir),
+        data=str(data),
+        output_dir=str(tmp_path / "sft"),
+        learning_rate=3e-3,
+        max_steps=24,
+        **COMMON,
+    )
     out = train_sft(cfg)
     history = read_metrics(out)
     assert len(history) == 24 and [r["step"] for r in history] == list(range(1, 25))
@@ -39,7 +48,14 @@ def test_sft_learns_and_saves_a_plain_hf_folder(tmp_path, tiny_model_dir):
 
 def test_reward_model_learns_preferences_and_stores_stats(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "pref.jsonl", preference_rows())
-    cfg = RewardConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "rm"), learning_rate=3e-3, max_steps=24, **COMMON)
+    cfg = RewardConfig(
+        model=str(tiny_model_dir),
+        data=str(data),
+        output_dir=str(tmp_path / "rm"),
+        learning_rate=3e-3,
+        max_steps=24,
+        **COMMON,
+    )
     out = train_reward(cfg)
     history = read_metrics(out)
     first, last = _first_last(history, "loss")
@@ -53,7 +69,15 @@ def test_reward_model_learns_preferences_and_stores_stats(tmp_path, tiny_model_d
 
 def test_dpo_learns_preferences(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "pref.jsonl", preference_rows())
-    cfg = DPOConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "dpo"), learning_rate=3e-3, beta=0.1, max_steps=16, **COMMON)
+    cfg = DPOConfig(
+        model=str(tiny_model_dir),
+        data=str(data),
+        output_dir=str(tmp_path / "dpo"),
+        learning_rate=3e-3,
+        beta=0.1,
+        max_steps=16,
+        **COMMON,
+    )
     out = train_dpo(cfg)
     history = read_metrics(out)
     # first step: policy == reference, so the loss is exactly log 2 and rewards are 0
@@ -71,6 +95,15 @@ def test_dpo_learns_preferences(tmp_path, tiny_model_dir):
 def test_dpo_family_losses_run(tmp_path, tiny_model_dir, loss_type):
     data = write_jsonl(tmp_path / "pref.jsonl", preference_rows(16))
     beta = 2.0 if loss_type == "simpo" else 0.1
-    cfg = DPOConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / loss_type), learning_rate=1e-3, beta=beta, loss_type=loss_type, max_steps=3, **COMMON)
+    cfg = DPOConfig(
+        model=str(tiny_model_dir),
+        data=str(data),
+        output_dir=str(tmp_path / loss_type),
+        learning_rate=1e-3,
+        beta=beta,
+        loss_type=loss_type,
+        max_steps=3,
+        **COMMON,
+    )
     history = read_metrics(train_dpo(cfg))
     assert len(history) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)

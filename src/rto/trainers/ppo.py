@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -268,6 +269,7 @@ def compute_targets(
     token_rewards = rewards.total
     if cfg.whiten_rewards:
         token_rewards = masked_whiten(token_rewards, mask, shift_mean=False)
+    # The experience is the gathered global batch on every process, so these statistics are global.
     if cfg.advantage == "gae":
         adv, returns = gae(token_rewards, exp.values, mask, gamma=cfg.gamma, lam=cfg.lam)
         adv = masked_whiten(adv, mask)
@@ -374,13 +376,13 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
         share = common.process_share(list(enumerate(indices)), acc)
         local_items = [items[i] for _, i in share]
         sample_index = torch.tensor([g for g, _ in share], dtype=torch.long)
-        batch = {k: v.to(acc.device) for k, v in collate_prompts(local_items, pad_id).items()}
+        batch = collate_prompts(local_items, pad_id)
         unwrapped = acc.unwrap_model(policy)
         unwrapped.eval()
         roll = generate(
             unwrapped,
-            batch["input_ids"],
-            batch["attention_mask"],
+            batch["input_ids"].to(acc.device),
+            batch["attention_mask"].to(acc.device),
             sample_seeds(cfg.seed, it, sample_index).to(acc.device),
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
@@ -516,7 +518,8 @@ def ppo_update(
                         pl, pstats = ppo_policy_loss(
                             logps, exp.logps[r], tg.advantages[r], mask, cfg.clip_eps
                         )
-                        if not torch.isfinite(pl):
+                        pl_value = float(pl.detach())
+                        if not math.isfinite(pl_value):
                             raise NonFiniteError(f"non-finite policy loss at iteration {it + 1}")
                         acc.backward(pl * weight)
                     with torch.no_grad():
@@ -524,7 +527,7 @@ def ppo_update(
                             entropy_from_logits(logits[:, P - 1 : -1].detach(), cfg.temperature), mask
                         )
                     stats.update(
-                        policy_loss=float(pl),
+                        policy_loss=pl_value,
                         entropy=float(ent),
                         **{k2: float(v) for k2, v in pstats.items()},
                     )
@@ -535,7 +538,7 @@ def ppo_update(
                         if not torch.isfinite(vl):
                             raise NonFiniteError(f"non-finite value loss at iteration {it + 1}")
                         acc.backward(vl * weight)
-                    stats.update(value_loss=float(vl), **{k2: float(v) for k2, v in vstats.items()})
+                    stats.update(value_loss=float(vl.detach()), **{k2: float(v) for k2, v in vstats.items()})
                 for k2, v in stats.items():
                     sums[k2] = sums.get(k2, 0.0) + v * weight
             # one optimizer step per global mini-batch
