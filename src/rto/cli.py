@@ -26,9 +26,22 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "sft": Command("rto.config:SFTConfig", "rto.trainers.sft:train_sft", "supervised fine-tuning (the SFT model / pi_ref)"),
-    "rm": Command("rto.config:RewardConfig", "rto.trainers.reward:train_reward", "Bradley-Terry reward model"),
-    "dpo": Command("rto.config:DPOConfig", "rto.trainers.dpo:train_dpo", "DPO (and IPO, cDPO, SimPO, R-DPO, TDPO)"),
+    "sft": Command(
+        "rto.config:SFTConfig",
+        "rto.trainers.sft:train_sft",
+        "supervised fine-tuning (the SFT model / pi_ref)",
+    ),
+    "rm": Command(
+        "rto.config:RewardConfig", "rto.trainers.reward:train_reward", "Bradley-Terry reward model"
+    ),
+    "dpo": Command(
+        "rto.config:DPOConfig", "rto.trainers.dpo:train_dpo", "DPO (and IPO, cDPO, SimPO, R-DPO, TDPO)"
+    ),
+    "ppo": Command(
+        "rto.config:PPOConfig",
+        "rto.trainers.ppo:train_ppo",
+        "PPO with token-wise rewards: RTO, PPO and variants",
+    ),
 }
 
 
@@ -96,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"rto: unknown command '{name}'{hint}\n\n{usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=os.environ.get("RTO_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("RTO_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+    )
     cmd = COMMANDS[name]
     try:
         cfg = parse_config(_load(cmd.config), argv[1:], prog=f"rto {name}")
