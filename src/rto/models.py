@@ -115,28 +115,47 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def causal_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def causal_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> torch.Tensor:
+    """Logits with positions that skip left padding. Extra keywords go to the forward (peft's
+    `adapter_names` picks an adapter per row, "__base__" for the frozen base)."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
+        **kw,
     )
     return out.logits
 
 
 def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The one-label head applied at every position: (B, T). Values for a critic; the reward is the
-    entry at the last non-pad token."""
-    backbone = model.base_model
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    head = score_head(model)
-    return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
+    entry at the last non-pad token.
+
+    The model's own forward is called (it applies the head at every position, then pools) and a hook
+    on the head keeps the per-position output. Going through the forward of whatever wraps the model
+    (DDP, FSDP, DeepSpeed, peft) is what makes its gradient synchronisation and sharding work; reaching
+    into the unwrapped backbone would silently skip them."""
+    from accelerate.utils import extract_model_from_parallel
+
+    head = score_head(extract_model_from_parallel(model))
+    kept = []
+    handle = head.register_forward_hook(lambda _m, _inp, out: kept.append(out))
+    try:
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+    finally:
+        handle.remove()
+    if len(kept) != 1 or kept[0].shape[:2] != input_ids.shape:
+        raise RtoError(
+            f"{type(extract_model_from_parallel(model)).__name__}: its score head is not applied at every "
+            "position, so per-token values cannot be read from it; use a causal-LM *ForSequenceClassification"
+        )
+    return kept[0].squeeze(-1).float()
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -192,6 +211,17 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def adapter_folder(path: str | None) -> Path | None:
+    """The peft adapter saved with a model folder (`<path>/adapter` as `rto` writes it, or `<path>`
+    itself when it is a bare adapter), or None."""
+    if not path:
+        return None
+    for candidate in (Path(path) / "adapter", Path(path)):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    return None
+
+
 def lora_wrap(model: PreTrainedModel, cfg, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
     """Wrap with peft LoRA adapters (import only when asked for)."""
     try:
@@ -210,10 +240,14 @@ def lora_wrap(model: PreTrainedModel, cfg, task_type: str = "CAUSAL_LM") -> PreT
     return get_peft_model(model, lcfg)
 
 
-def response_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0):
+def response_token_logps(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0, adapter: str | None = None
+):
     """log p(token t+1 | tokens <= t) for every position: (B, T-1). Logits are divided by the sampling
-    temperature so that policy, reference and DPO scores match what the sampler drew from."""
+    temperature so that policy, reference and DPO scores match what the sampler drew from. With a peft
+    model, `adapter` scores with that adapter ("__base__": adapters off) without changing its state."""
     from rto.algorithms.logprobs import shifted_token_logprobs
 
-    logits = causal_lm_logits(model, input_ids, attention_mask)
+    kw = {} if adapter is None else {"adapter_names": [adapter] * input_ids.shape[0]}
+    logits = causal_lm_logits(model, input_ids, attention_mask, **kw)
     return shifted_token_logprobs(logits, input_ids, temperature=temperature)

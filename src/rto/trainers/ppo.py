@@ -61,24 +61,48 @@ class Models:
     reward_same_tokens: bool
     score_mean: float
     score_std: float
+    ref_adapter: str | None = None  # "__base__": the reference is the policy's base with adapters off
+    dpo_adapter: str | None = None  # the DPO model is this frozen adapter on the policy's base
+    reward_in_critic: bool = False  # the RM is the critic's base with adapters off
+
+    @property
+    def has_reward(self) -> bool:
+        return self.reward is not None or self.reward_in_critic
 
 
 # ----------------------------------------------------------------------------- setup
 
 
 def load_models(cfg: PPOConfig) -> Models:
+    """Load every model the reward mode needs.
+
+    With --lora the models share bases instead of being copies: the policy is a LoRA adapter on the SFT
+    model, the reference is that base with adapters off, and a DPO model trained with --lora (its folder
+    holds `adapter/`) is a second, frozen adapter on the same base. The critic is a LoRA adapter (with
+    its own copy of the value head) on the reward model, whose scores are read with adapters off.
+    """
     trc = cfg.trust_remote_code
     tok = models.load_tokenizer(cfg.policy, trc, padding_side="left")
     policy = models.load_causal_lm(cfg.policy, tok, trc)
-    ref = models.freeze(models.load_causal_lm(cfg.ref_model or cfg.policy, tok, trc))
     if cfg.ref_model:
         models.require_same_vocabulary(
             tok, models.load_tokenizer(cfg.ref_model, trc), "policy", "reference model"
         )
+    if cfg.lora:
+        policy = models.lora_wrap(policy, cfg)
+    shared_ref = cfg.lora and not cfg.ref_model
+    ref = None if shared_ref else models.freeze(models.load_causal_lm(cfg.ref_model or cfg.policy, tok, trc))
     dpo = None
+    dpo_adapter = None
     if cfg.reward_mode != "ppo":
         models.require_same_vocabulary(tok, models.load_tokenizer(cfg.dpo_model, trc), "policy", "DPO model")
-        dpo = models.freeze(models.load_causal_lm(cfg.dpo_model, tok, trc))
+        adapter_path = models.adapter_folder(cfg.dpo_model) if cfg.lora else None
+        if adapter_path is not None:
+            policy.load_adapter(str(adapter_path), adapter_name="dpo", is_trainable=False)
+            dpo_adapter = "dpo"
+            log.info("DPO model loaded as a frozen adapter on the shared base: %s", adapter_path)
+        else:
+            dpo = models.freeze(models.load_causal_lm(cfg.dpo_model, tok, trc))
     reward = rtok = None
     same = True
     mean, std = 0.0, 1.0
@@ -91,24 +115,31 @@ def load_models(cfg: PPOConfig) -> Models:
         if not same:
             log.info("reward model has its own tokenizer: responses are re-tokenized for it")
     critic = None
+    reward_in_critic = False
     if cfg.advantage == "gae":
         if cfg.critic:
             critic = models.load_score_model(cfg.critic, tok, trc)
             models.require_same_vocabulary(tok, models.load_tokenizer(cfg.critic, trc), "policy", "critic")
         elif same:
-            critic = models.load_score_model(cfg.reward_model, tok, trc)
+            if cfg.lora and reward is not None:
+                critic, reward, reward_in_critic = reward.requires_grad_(True), None, True
+            else:
+                critic = models.load_score_model(cfg.reward_model, tok, trc)
         else:
             log.warning(
                 "the reward model's tokenizer differs from the policy's, so the critic cannot start from it: "
                 "starting the critic from the policy with a fresh value head"
             )
             critic = models.load_score_model(cfg.policy, tok, trc)
+        if cfg.lora:
+            critic = models.lora_wrap(critic, cfg, task_type="SEQ_CLS")
     for m in (policy, ref, dpo, reward, critic):
         if m is not None:
             models.disable_dropout(m)
-    if cfg.lora:
-        policy = models.lora_wrap(policy, cfg)
-    return Models(policy, ref, dpo, reward, critic, tok, rtok, same, mean, std)
+    return Models(
+        policy, ref, dpo, reward, critic, tok, rtok, same, mean, std,
+        ref_adapter="__base__" if shared_ref else None, dpo_adapter=dpo_adapter, reward_in_critic=reward_in_critic,
+    )  # fmt: skip
 
 
 def delimiter_table(tokenizer, delimiters: str) -> torch.Tensor:
@@ -142,21 +173,31 @@ class Experience:
     sample_index: torch.Tensor  # (B,) position in the global rollout batch
 
 
-def response_logps(model, ids, attn, prompt_len: int, temperature: float) -> torch.Tensor:
-    """Log-probs of the response tokens: logits at position t score token t+1."""
-    return models.response_token_logps(model, ids, attn, temperature)[:, prompt_len - 1 :]
+def response_logps(model, ids, attn, prompt_len: int, temperature: float, adapter: str | None = None):
+    """Log-probs of the response tokens (B, R): logits at position t score token t+1."""
+    return models.response_token_logps(model, ids, attn, temperature, adapter=adapter)[:, prompt_len - 1 :]
 
 
 @torch.inference_mode()
 def score_rollout(cfg: PPOConfig, ms: Models, policy, critic, roll: Rollout, prompts, sample_index, device):
     ids, attn, P = roll.input_ids, roll.attention_mask, roll.prompt_ids.shape[1]
     logps = response_logps(policy, ids, attn, P, cfg.temperature)
-    ref_logps = response_logps(ms.ref, ids, attn, P, cfg.temperature)
-    dpo_logps = response_logps(ms.dpo, ids, attn, P, cfg.temperature) if ms.dpo is not None else None
+    if ms.ref_adapter:  # shared base: the reference is the policy with adapters off
+        ref_logps = response_logps(policy, ids, attn, P, cfg.temperature, adapter=ms.ref_adapter)
+    else:
+        ref_logps = response_logps(ms.ref, ids, attn, P, cfg.temperature)
+    dpo_logps = None
+    if ms.dpo_adapter:
+        dpo_logps = response_logps(policy, ids, attn, P, cfg.temperature, adapter=ms.dpo_adapter)
+    elif ms.dpo is not None:
+        dpo_logps = response_logps(ms.dpo, ids, attn, P, cfg.temperature)
     values = None
     if critic is not None:
         values = models.token_scores(critic, ids, attn)[:, P - 1 : P - 1 + roll.response_ids.shape[1]]
-    if ms.reward is None:
+    if ms.reward_in_critic:  # shared base: the reward model is the critic with adapters off
+        with critic.disable_adapter():
+            scores = models.sequence_scores(critic, ids, attn)
+    elif ms.reward is None:
         scores = torch.zeros(ids.shape[0], device=device)
     elif ms.reward_same_tokens:
         scores = models.sequence_scores(ms.reward, ids, attn)
@@ -245,7 +286,7 @@ def compute_targets(
     mask = exp.mask.bool()
     kl = kl_penalty(exp.logps, exp.ref_logps, cfg.kl_estimator) * mask
     scores = exp.scores
-    if cfg.normalize_rm_score and ms.reward is not None:
+    if cfg.normalize_rm_score and ms.has_reward:
         scores = (scores - ms.score_mean) / ms.score_std
     scores = scores.clamp(-cfg.rm_score_clamp, cfg.rm_score_clamp)
     if cfg.missing_eos_penalty is not None:
@@ -256,7 +297,7 @@ def compute_targets(
         cfg.reward_mode,
         mask,
         kl,
-        rm_scores=scores if ms.reward is not None else None,
+        rm_scores=scores if ms.has_reward else None,
         dpo_logratio=logratio,
         beta1=cfg.beta1,
         beta2=kl_coef,
@@ -293,6 +334,7 @@ def _optim_setup(cfg, model, lr, total_steps):
     return opt, common.make_scheduler(opt, cfg, total_steps)
 
 
+@common.restores_signal_handlers
 def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     """Train; returns the output folder (policy there, critic in ./critic)."""
     validate_config(cfg)
@@ -366,11 +408,16 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     rollouts_path = out / "rollouts.jsonl"
     if acc.is_main_process and not cfg.resume and rollouts_path.exists():
         rollouts_path.unlink()
+    if acc.is_main_process and cfg.resume:
+        common.truncate_jsonl(rollouts_path, "iteration", start)  # later iterations are redone
 
     prompt_batches = common.global_batches(len(items), cfg.rollout_batch_size, cfg.seed, start_step=start)
+    stop = common.GracefulStop().install()  # SIGTERM/Ctrl-C: checkpoint at the next iteration boundary
     for it, indices in prompt_batches:
         if it >= cfg.num_iterations:
             break
+        kl_state = {"kl_controller": kl_ctl.state_dict()}
+        common.stop_if_requested(acc, stop, out, it, kl_state, cfg.save_total_limit)
         t0 = time.perf_counter()
         # 1. rollout --------------------------------------------------------------------------------
         share = common.process_share(list(enumerate(indices)), acc)
@@ -391,6 +438,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
             pad_id=pad_id,
         )
         t1 = time.perf_counter()
+        common.pause_point("rollout", it + 1)
         # 2. score ----------------------------------------------------------------------------------
         exp = score_rollout(
             cfg,
@@ -407,12 +455,23 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
         # 3-4. rewards and advantages ------------------------------------------------------------------
         tg = compute_targets(cfg, ms, exp, kl_ctl.value, delim)
         step_no = it + 1
-        for name, t in (
-            ("token rewards", tg.rewards.total),
-            ("advantages", tg.advantages),
-            ("returns", tg.returns),
-        ):
-            common.check_finite(name, t, step_no)
+        valid = exp.mask.bool()
+        bad = common.first_nonfinite(
+            {
+                "reward-model scores": exp.scores,
+                "policy log-probs": exp.logps[valid],
+                "reference log-probs": exp.ref_logps[valid],
+                "DPO log-probs": None if exp.dpo_logps is None else exp.dpo_logps[valid],
+                "critic values": None if exp.values is None else exp.values[valid],
+                "token rewards": tg.rewards.total,
+                "advantages": tg.advantages,
+                "returns": tg.returns,
+            }
+        )
+        if bad is not None:  # stop, or skip this iteration's update (on_nonfinite)
+            common.skip_or_raise(cfg, NonFiniteError(f"non-finite {bad} at iteration {step_no}"))
+            bar.update(1)
+            continue
         hook_metrics = {}
         if rollout_hook is not None:
             prompts_text = tok.batch_decode(exp.input_ids[:, : exp.prompt_len], skip_special_tokens=True)
@@ -483,6 +542,10 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     return out
 
 
+# Update statistics that are means over tokens: reported as means over every token of every process.
+TOKEN_MEAN_STATS = frozenset({"entropy", "clipfrac", "approx_kl", "ratio_mean", "vf_clipfrac"})
+
+
 def ppo_update(
     cfg, acc, policy, critic, actor_opt, critic_opt, actor_sched, critic_sched, exp, tg, it, train_actor
 ):
@@ -492,7 +555,9 @@ def ppo_update(
     local_mb = mb // acc.num_processes
     micro = cfg.per_device_micro_batch_size or local_mb
     P = exp.prompt_len
-    sums: dict[str, float] = {}
+    sums: dict[str, float] = {}  # per-sequence means, weighted by the micro-batch's share of sequences
+    tok_sums: dict[str, float] = {}  # per-token means, weighted by token counts: global token means
+    n_tokens = 0.0
     n_updates = 0
     policy.train()
     if critic is not None:
@@ -519,8 +584,8 @@ def ppo_update(
                             logps, exp.logps[r], tg.advantages[r], mask, cfg.clip_eps
                         )
                         pl_value = float(pl.detach())
-                        if not math.isfinite(pl_value):
-                            raise NonFiniteError(f"non-finite policy loss at iteration {it + 1}")
+                        if not math.isfinite(pl_value) and cfg.on_nonfinite == "stop":  # skip: see grads
+                            raise common.nonfinite_error(cfg, f"non-finite policy loss at iteration {it + 1}")
                         acc.backward(pl * weight)
                     with torch.no_grad():
                         ent = masked_mean(
@@ -535,12 +600,17 @@ def ppo_update(
                     with acc.no_sync(critic) if not sync else contextlib.nullcontext():
                         values = models.token_scores(critic, ids, attn)[:, P - 1 : P - 1 + R]
                         vl, vstats = value_loss(values, exp.values[r], tg.returns[r], mask, cfg.value_clip)
-                        if not torch.isfinite(vl):
-                            raise NonFiniteError(f"non-finite value loss at iteration {it + 1}")
+                        if not torch.isfinite(vl) and cfg.on_nonfinite == "stop":  # skip: see grads
+                            raise common.nonfinite_error(cfg, f"non-finite value loss at iteration {it + 1}")
                         acc.backward(vl * weight)
                     stats.update(value_loss=float(vl.detach()), **{k2: float(v) for k2, v in vstats.items()})
+                n_tok = float(mask.sum())
+                n_tokens += n_tok
                 for k2, v in stats.items():
-                    sums[k2] = sums.get(k2, 0.0) + v * weight
+                    if k2 in TOKEN_MEAN_STATS:
+                        tok_sums[k2] = tok_sums.get(k2, 0.0) + v * n_tok
+                    else:
+                        sums[k2] = sums.get(k2, 0.0) + v * weight
             # one optimizer step per global mini-batch
             try:
                 if train_actor:
@@ -551,9 +621,8 @@ def ppo_update(
                     sums["grad_norm_critic"] = sums.get(
                         "grad_norm_critic", 0.0
                     ) + common.clip_and_check_grads(acc, critic, cfg.max_grad_norm, it + 1, "critic")
-            except NonFiniteError:
-                if cfg.on_nonfinite == "stop":
-                    raise
+            except NonFiniteError as err:
+                common.skip_or_raise(cfg, err)
                 actor_opt.zero_grad(set_to_none=True)
                 if critic_opt is not None:
                     critic_opt.zero_grad(set_to_none=True)
@@ -570,10 +639,14 @@ def ppo_update(
     policy.eval()
     if critic is not None:
         critic.eval()
-    keys = sorted(sums)
-    totals = common.global_sum(acc, [sums[k] for k in keys])
+    keys, tok_keys = sorted(sums), sorted(tok_sums)
+    totals = common.global_sum(
+        acc, [sums[k] for k in keys] + [tok_sums[k] for k in tok_keys] + [n_tokens]
+    ).tolist()
     denom = max(n_updates, 1) * acc.num_processes
-    return {k: float(v) / denom for k, v in zip(keys, totals)}
+    row = {k: v / denom for k, v in zip(keys, totals)}
+    row.update({k: v / max(totals[-1], 1.0) for k, v in zip(tok_keys, totals[len(keys) : -1])})
+    return row
 
 
 def dump_rollout(path: Path, it: int, tok, exp: Experience, tg: Targets) -> None:

@@ -48,60 +48,79 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
 
-    start = 0
+    start, skipped = 0, 0
     if cfg.resume:
         state = common.load_latest_checkpoint(acc, cfg.output_dir)
         if state is not None:
-            start = state["step"]
+            start, skipped = state["step"], state.get("skipped_updates", 0)
     metrics = common.MetricsLog(acc, cfg.output_dir, resume_step=start if cfg.resume else None)
     bar = common.progress_bar(acc, cfg, total_steps, f"rto {stage.name}", initial=start)
     batches = common.global_batches(len(items), global_batch, cfg.seed, start_step=start)
     model.train()
-    for step, indices in batches:
-        if step >= total_steps:
-            break
-        local = [items[i] for i in common.process_share(indices, acc)]
-        micro = common.micro_batches(local, cfg.per_device_batch_size)
-        local_count = sum(stage.count(it) for it in local)
-        global_count = float(common.global_sum(acc, [local_count])[0])
-        sums: dict[str, float] = {}
-        for k, mb in enumerate(micro):
-            last = k == len(micro) - 1
-            ctx = acc.no_sync(model) if not last else contextlib.nullcontext()
-            with ctx:
-                loss_sum, metric_sums = stage.loss_sums(model, mb)
-                loss = loss_sum / global_count * acc.num_processes
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"non-finite {stage.name} loss at step {step + 1}")
-                acc.backward(loss)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
-            for key, v in metric_sums.items():
-                sums[key] = sums.get(key, 0.0) + float(v)
-        try:
-            grad_norm = common.clip_and_check_grads(acc, model, cfg.max_grad_norm, step + 1, "model")
-        except NonFiniteError:
-            if cfg.on_nonfinite == "stop":
-                raise
-            optimizer.zero_grad(set_to_none=True)
-            continue
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        keys = sorted(sums)
-        totals = common.global_sum(acc, [sums[k] for k in keys])
-        row = {k: float(v) / global_count for k, v in zip(keys, totals)}
-        row.update(
-            grad_norm=grad_norm,
-            learning_rate=scheduler.get_last_lr()[0],
-            epoch=done * global_batch / len(items),
-        )
-        if done % cfg.logging_steps == 0 or done == total_steps:
-            metrics.log(done, row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
-        if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
-            common.save_checkpoint(acc, cfg.output_dir, done, {}, cfg.save_total_limit)
+    with common.GracefulStop() as stop:
+        for step, indices in batches:
+            if step >= total_steps:
+                break
+            done = step + 1
+            row = _train_step(cfg, acc, model, optimizer, scheduler, stage, [items[i] for i in indices], done)
+            if row is None:
+                skipped += 1
+            else:
+                row["epoch"] = done * global_batch / len(items)
+                if cfg.on_nonfinite == "skip":
+                    row["skipped_updates"] = skipped
+                if done % cfg.logging_steps == 0 or done == total_steps:
+                    metrics.log(done, row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.update(1)
+            state = {"skipped_updates": skipped}
+            if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
+                common.save_checkpoint(acc, cfg.output_dir, done, state, cfg.save_total_limit)
+            common.pause_point("step", done)
+            if done < total_steps:
+                common.stop_if_requested(acc, stop, cfg.output_dir, done, state, cfg.save_total_limit)
     bar.close()
     model.eval()
-    return {"steps": total_steps, "history": metrics.history, "model": model}
+    return {"steps": total_steps, "history": metrics.history, "model": model, "skipped_updates": skipped}
+
+
+def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done) -> dict | None:
+    """One optimizer step on a global batch; returns its metrics, or None if the update was skipped
+    (non-finite loss or gradient with on_nonfinite="skip")."""
+    local = common.process_share(global_items, acc)
+    micro = common.micro_batches(local, cfg.per_device_batch_size)
+    global_count = float(common.global_sum(acc, [sum(stage.count(it) for it in local)])[0])
+    sums: dict[str, float] = {}
+    bad_loss = False
+    for k, mb in enumerate(micro):
+        ctx = acc.no_sync(model) if k < len(micro) - 1 else contextlib.nullcontext()
+        with ctx:
+            loss_sum, metric_sums = stage.loss_sums(model, mb)
+            loss = loss_sum / global_count * acc.num_processes
+            if not bool(torch.isfinite(loss)):
+                bad_loss = True
+                if cfg.on_nonfinite == "stop":  # before backward: the weights and optimizer stay as they were
+                    common.skip_or_raise(cfg, NonFiniteError(f"non-finite {stage.name} loss at step {done}"))
+            # With "skip", a bad micro-batch still runs backward so that every process takes part in
+            # the gradient all-reduce; the whole update is dropped below.
+            acc.backward(loss)
+        common.pause_point("micro", done)
+        sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
+        for key, v in metric_sums.items():
+            sums[key] = sums.get(key, 0.0) + float(v)
+    try:
+        if cfg.on_nonfinite == "skip" and float(common.global_sum(acc, [float(bad_loss)])[0]) > 0:
+            raise NonFiniteError(f"non-finite {stage.name} loss at step {done}")
+        grad_norm = common.clip_and_check_grads(acc, model, cfg.max_grad_norm, done, "model")
+    except NonFiniteError as err:
+        common.skip_or_raise(cfg, err)
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    keys = sorted(sums)
+    totals = common.global_sum(acc, [sums[k] for k in keys])
+    row = {k: float(v) / global_count for k, v in zip(keys, totals)}
+    row.update(grad_norm=grad_norm, learning_rate=scheduler.get_last_lr()[0])
+    return row
