@@ -42,6 +42,11 @@ COMMANDS: dict[str, Command] = {
         "rto.trainers.ppo:train_ppo",
         "PPO with token-wise rewards: RTO, PPO and variants",
     ),
+    "bench": Command(
+        "rto.bench:BenchConfig",
+        "rto.bench:run_bench",
+        "time PPO and RTO iterations against the compute floor",
+    ),
 }
 
 

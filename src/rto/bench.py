@@ -1,0 +1,848 @@
+"""`rto bench`: what an RTO iteration costs next to a PPO iteration, and next to the bare compute.
+
+The bench builds a small world offline (a BPE tokenizer trained on generated reviews; SFT, DPO and
+reward-model folders of a GPT-2 preset with random weights; prompts of a fixed token length) and then
+drives the real trainer's functions -- ``generate``, ``score_rollout``, ``compute_targets``,
+``ppo_update`` from ``rto.trainers`` -- exactly as ``train_ppo`` chains them, for a PPO run and an RTO
+run held side by side in one process. Rounds alternate which mode goes first, so machine noise (other
+jobs, thermal state, allocator warm-up) hits both alike.
+
+After every iteration the same shapes are pushed through bare calls -- one plain
+``model.generate(do_sample=True)`` generating exactly as many tokens, plain no-grad forwards of every
+scoring model, plain forward + backward + ``optimizer.step()`` of policy and critic -- and
+"iteration / floor" is how much the trainer costs on top of the compute itself.
+
+Per-pass times inside ``score_rollout`` come from wrapping the functions it looks up at call time
+(``ppo.response_logps``, ``models.token_scores``, ``models.sequence_scores``) for the duration of the
+call; the bench checks that every expected pass was seen, so a refactor of the trainer cannot silently
+break the breakdown. Random weights mean responses rarely end early: every row runs to
+``max_new_tokens``, the worst case for the work per iteration and the same work for both modes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from rto.errors import ConfigError, RtoError
+
+MODES = ("ppo", "rto")
+TARGET_RTO_OVER_PPO = 1.10
+TARGET_ITERATION_OVER_FLOOR = 1.15
+SCORE_PASSES = ("policy", "ref", "dpo", "critic", "rm")
+
+# Fallback when rto.tasks.sentiment is unavailable: (n_embd, n_layer, n_head).
+_PRESETS_FALLBACK = {"micro": (64, 2, 2), "tiny": (128, 4, 4), "small": (256, 4, 4), "medium": (384, 8, 6)}
+
+
+@dataclass
+class BenchConfig:
+    """Time PPO and RTO iterations side by side, against the bare compute of the same shapes."""
+
+    model_size: Literal["micro", "tiny", "small", "medium"] = "tiny"
+    """GPT-2 preset of the sentiment world (rto.tasks.sentiment): micro 0.24M, tiny 1.1M, small 3.7M,
+    medium 15M parameters at the default vocabulary. All five models (policy, reference, DPO, reward,
+    critic) have this size."""
+    vocab_size: int = 2048
+    """Size of the BPE vocabulary trained on the fly (the vocabulary dominates small-model cost)."""
+    rollout_batch_size: int = 32
+    """Prompts per iteration (one response each)."""
+    mini_batch_size: int = 16
+    """Sequences per optimizer step."""
+    max_new_tokens: int = 48
+    """Response length in tokens (random weights rarely emit EOS, so responses run to this length)."""
+    prompt_length: int = 16
+    """Prompt length in tokens (prompts are cut from generated reviews to exactly this many tokens)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout in the update."""
+    iterations: int = 3
+    """Measured iterations per mode."""
+    warmup_iterations: int = 1
+    """Unmeasured iterations per mode first (allocator, kernel and cache warm-up)."""
+    statistic: Literal["median", "mean", "min"] = "median"
+    """How the measured iterations are summarised: median (robust to a busy machine), mean, or min."""
+    threads: int = 2
+    """torch intra-op threads (0 keeps torch's default)."""
+    seed: int = 0
+    """Seed of the world (tokenizer corpus, weights, prompts) and of sampling."""
+    compare: Literal["none", "trl"] = "none"
+    """Also time TRL's experimental PPO trainer on the same world and shapes (needs trl <= 1.12 importable)."""
+    json_out: str | None = None
+    """Write the full results as JSON to this file."""
+    work_dir: str | None = None
+    """Folder for the generated world (default: a temporary folder, removed afterwards)."""
+
+
+# ----------------------------------------------------------------------------- the world
+
+
+def _gpt2_config(tok, size: str, n_positions: int):
+    try:
+        from rto.tasks.sentiment import tiny_gpt2_config
+    except ImportError:
+        tiny_gpt2_config = None
+    if tiny_gpt2_config is not None:
+        return tiny_gpt2_config(tok, size, n_positions=n_positions)
+    from transformers import GPT2Config
+
+    n_embd, n_layer, n_head = _PRESETS_FALLBACK[size]
+    return GPT2Config(
+        vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    try:
+        from rto.tasks.sentiment import generate_reviews
+    except ImportError:
+        generate_reviews = None
+    if generate_reviews is not None:
+        return generate_reviews(n, seed=seed)
+    import random
+
+    rng = random.Random(seed)
+    words = "the movie film story acting music was great awful fine boring lovely and but very".split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(12, 30))) + "." for _ in range(n)]
+
+
+def build_world(cfg: BenchConfig, root: Path) -> dict[str, Any]:
+    """Tokenizer, SFT / DPO / RM folders and a prompt file under ``root``; returns paths and sizes."""
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    from rto.models import SCORE_MEAN_KEY, SCORE_STD_KEY
+    from rto.tasks.tokenizer import train_bpe_tokenizer
+
+    texts = _texts(2000, cfg.seed)
+    tok = train_bpe_tokenizer(texts, vocab_size=cfg.vocab_size)
+    n_positions = max(128, cfg.prompt_length + cfg.max_new_tokens)
+    gcfg = _gpt2_config(tok, cfg.model_size, n_positions)
+    torch.manual_seed(cfg.seed)
+    sft = GPT2LMHeadModel(gcfg)
+    dpo = GPT2LMHeadModel(gcfg)
+    dpo.load_state_dict(sft.state_dict())
+    with torch.no_grad():  # a DPO model is the SFT model moved a little
+        for p in dpo.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    gcfg.num_labels = 1
+    rm = GPT2ForSequenceClassification(gcfg)
+    setattr(rm.config, SCORE_MEAN_KEY, 0.0)
+    setattr(rm.config, SCORE_STD_KEY, 1.0)
+    for name, model in (("sft", sft), ("dpo", dpo), ("rm", rm)):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    # Prompts: the first prompt_length tokens of held-out reviews, so every prompt has the same length.
+    prompts = []
+    for text in _texts(4 * cfg.rollout_batch_size, cfg.seed + 1):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= cfg.prompt_length:
+            prompts.append(tok.decode(ids[: cfg.prompt_length]))
+    if len(prompts) < cfg.rollout_batch_size:
+        raise ConfigError(
+            f"field 'prompt_length' ({cfg.prompt_length}) is longer than most generated reviews; use fewer tokens"
+        )
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return {
+        "root": root,
+        "vocab": len(tok),
+        "params": sum(p.numel() for p in sft.parameters()),
+        "n_prompts": len(prompts),
+    }
+
+
+def _ppo_config(cfg: BenchConfig, root: Path, mode: str):
+    from rto.config import PPOConfig, validate_config
+
+    pc = PPOConfig(
+        policy=str(root / "sft"), reward_model=str(root / "rm"), dpo_model=str(root / "dpo"),
+        prompts=str(root / "prompts.jsonl"), output_dir=str(root / f"out_{mode}"), reward_mode=mode,
+        rollout_batch_size=cfg.rollout_batch_size, mini_batch_size=cfg.mini_batch_size,
+        max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.prompt_length + 8, ppo_epochs=cfg.ppo_epochs,
+        num_iterations=cfg.warmup_iterations + cfg.iterations, seed=cfg.seed, progress=False, warmup_ratio=0.0,
+    )  # fmt: skip
+    validate_config(pc)
+    return pc
+
+
+# ----------------------------------------------------------------------------- one trainer run per mode
+
+
+@dataclass
+class _Run:
+    """One mode's trainer state, built the way train_ppo builds it."""
+
+    mode: str
+    cfg: Any
+    ms: Any
+    policy: Any
+    critic: Any
+    actor_opt: Any
+    critic_opt: Any
+    actor_sched: Any
+    critic_sched: Any
+    kl_coef: float
+    records: list[dict[str, float]] = field(default_factory=list)
+    peaks: list[dict[str, float]] = field(default_factory=list)
+
+
+def _make_run(acc, pc, mode: str) -> _Run:
+    from rto.trainers import ppo
+
+    ms = ppo.load_models(pc)
+    steps = pc.num_iterations * pc.ppo_epochs * (pc.rollout_batch_size // pc.mini_batch_size)
+    actor_opt, actor_sched = ppo._optim_setup(pc, ms.policy, pc.actor_lr, steps)
+    critic_opt, critic_sched = ppo._optim_setup(pc, ms.critic, pc.critic_lr, steps)
+    policy, critic, actor_opt, critic_opt = acc.prepare(ms.policy, ms.critic, actor_opt, critic_opt)
+    for m in (ms.ref, ms.dpo, ms.reward):
+        if m is not None:
+            m.to(acc.device)
+    return _Run(mode, pc, ms, policy, critic, actor_opt, critic_opt, actor_sched, critic_sched, pc.beta2)
+
+
+def _pass_namer(table: dict[int, str]):
+    def name_of(model, *args, **kwargs):
+        return table.get(id(model))
+
+    return name_of
+
+
+@contextlib.contextmanager
+def _instrument_scoring(timer, run: _Run, policy, critic):
+    """Attribute score_rollout's time to its passes by wrapping the functions it calls."""
+    from rto import models
+    from rto.trainers import ppo
+    from rto.trainers.timing import patched
+
+    ms = run.ms
+    logp_names = {id(policy): "score.policy", id(ms.ref): "score.ref"}
+    if ms.dpo is not None:
+        logp_names[id(ms.dpo)] = "score.dpo"
+    with (
+        patched(ppo, "response_logps", timer.wrap(ppo.response_logps, _pass_namer(logp_names))),
+        patched(
+            models, "token_scores", timer.wrap(models.token_scores, _pass_namer({id(critic): "score.critic"}))
+        ),
+        patched(
+            models,
+            "sequence_scores",
+            timer.wrap(models.sequence_scores, _pass_namer({id(ms.reward): "score.rm"})),
+        ),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def _count_tokenizer_calls(tok, counter: dict[str, int]):
+    """Count encode/decode calls on the tokenizer's class while the hot path runs (there should be none)."""
+    from rto.trainers.timing import patched
+
+    names = [
+        n for n in ("__call__", "encode", "decode", "batch_decode", "apply_chat_template") if hasattr(tok, n)
+    ]
+    cls = type(tok)
+    with contextlib.ExitStack() as stack:
+        for n in names:
+            original = getattr(cls, n)
+
+            def counting(*args, _original=original, _n=n, **kwargs):
+                counter[_n] = counter.get(_n, 0) + 1
+                return _original(*args, **kwargs)
+
+            stack.enter_context(patched(cls, n, counting))
+        yield
+
+
+def _iteration(acc, run: _Run, items, indices, it: int, timer, tok_calls: dict[str, int]) -> dict[str, Any]:
+    """One trainer iteration (train_ppo's loop body, metrics aside), timed by phase."""
+    from rto.data.collate import collate_prompts
+    from rto.trainers import common, ppo
+    from rto.trainers.generation import generate, sample_seeds
+
+    pc, ms, dev = run.cfg, run.ms, acc.device
+    tok = ms.tokenizer
+    pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
+    delim = torch.zeros(0, dtype=torch.bool)
+    with _count_tokenizer_calls(tok, tok_calls), timer.phase("iteration"):
+        with timer.phase("generation"):
+            local_items = [items[i] for i in indices]
+            sample_index = torch.arange(len(indices), dtype=torch.long)
+            batch = collate_prompts(local_items, pad_id)
+            policy = acc.unwrap_model(run.policy)
+            policy.eval()
+            roll = generate(
+                policy,
+                batch["input_ids"].to(dev),
+                batch["attention_mask"].to(dev),
+                sample_seeds(pc.seed, it, sample_index).to(dev),
+                max_new_tokens=pc.max_new_tokens,
+                temperature=pc.temperature,
+                top_p=pc.top_p,
+                eos_id=eos_id,
+                pad_id=pad_id,
+            )
+        critic = acc.unwrap_model(run.critic)
+        with timer.phase("score"), _instrument_scoring(timer, run, policy, critic):
+            exp = ppo.score_rollout(
+                pc, ms, policy, critic, roll, [x["prompt"] for x in local_items], sample_index.to(dev), dev
+            )
+            exp = ppo.gather_experience(acc, exp, pad_id)
+        with timer.phase("targets"):
+            tg = ppo.compute_targets(pc, ms, exp, run.kl_coef, delim)
+            for name, t in (("token rewards", tg.rewards.total), ("advantages", tg.advantages)):
+                common.check_finite(name, t, it + 1)
+        with timer.phase("train"):
+            ppo.ppo_update(
+                pc, acc, run.policy, run.critic, run.actor_opt, run.critic_opt, run.actor_sched,
+                run.critic_sched, exp, tg, it, True,
+            )  # fmt: skip
+    scored = [exp.logps, exp.ref_logps, exp.values] + ([exp.dpo_logps] if exp.dpo_logps is not None else [])
+    return {
+        "roll": roll,
+        "exp": exp,
+        "response_tokens": int(exp.mask.sum()),
+        "sequence_tokens": int(exp.attention_mask.sum()),
+        "generated_steps": int(roll.response_ids.shape[1]),
+        "longest_response": int(exp.mask.sum(1).max()),
+        "inference_tensors": all(t.is_inference() for t in scored),
+    }
+
+
+# ----------------------------------------------------------------------------- the compute floor
+
+
+@dataclass
+class _Floor:
+    """Copies of policy and critic with their own optimizers, for the bare training step."""
+
+    policy: Any
+    critic: Any
+    opt: Any
+
+
+def _make_floor(acc, pc) -> _Floor:
+    from rto import models
+
+    tok = models.load_tokenizer(pc.policy, padding_side="left")
+    policy = models.load_causal_lm(pc.policy, tok).to(acc.device)
+    critic = models.load_score_model(pc.reward_model, tok).to(acc.device)
+    for m in (policy, critic):
+        models.disable_dropout(m)  # the trainer runs without dropout: same work
+    params = list(policy.parameters()) + list(critic.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-7, betas=(pc.adam_beta1, pc.adam_beta2), eps=pc.adam_eps)
+    return _Floor(policy, critic, opt)
+
+
+def _floor(fl: _Floor, run: _Run, out: dict[str, Any], timer) -> None:
+    """The same shapes through bare Hugging Face / torch calls."""
+    pc, ms, roll, exp = run.cfg, run.ms, out["roll"], out["exp"]
+    tok = ms.tokenizer
+    steps = out["generated_steps"]
+    policy = run.policy
+    with timer.phase("floor.generation"):
+        policy.generate(
+            input_ids=roll.prompt_ids, attention_mask=roll.prompt_mask, do_sample=True, max_new_tokens=steps,
+            min_new_tokens=steps, top_k=0, top_p=1.0, temperature=1.0, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, use_cache=True,
+        )  # fmt: skip
+    ids, attn = exp.input_ids.clone(), exp.attention_mask.clone()  # normal tensors: they enter autograd
+    scorers = {"policy": policy, "ref": ms.ref, "dpo": ms.dpo, "critic": run.critic, "rm": ms.reward}
+    with torch.inference_mode():
+        for name, model in scorers.items():
+            if model is not None:
+                with timer.phase(f"floor.{name}"):
+                    model(input_ids=ids, attention_mask=attn)
+    n, mb = ids.shape[0], pc.mini_batch_size
+    fl.policy.train()
+    fl.critic.train()
+    with timer.phase("floor.train"):
+        for _ in range(pc.ppo_epochs):
+            for s in range(0, n, mb):
+                i, a = ids[s : s + mb], attn[s : s + mb]
+                fl.policy(input_ids=i, attention_mask=a, labels=i).loss.backward()
+                zeros = torch.zeros(i.shape[0], device=i.device)
+                fl.critic(input_ids=i, attention_mask=a, labels=zeros).loss.backward()
+                fl.opt.step()
+                fl.opt.zero_grad(set_to_none=True)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _mean(xs: list[float]) -> float:
+    return float(statistics.fmean(xs)) if xs else 0.0
+
+
+def _model_mb(run: _Run) -> float:
+    ms = run.ms
+    total = 0
+    for m in (ms.policy, ms.ref, ms.dpo, ms.reward, ms.critic):
+        if m is not None:
+            total += sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+    for opt in (run.actor_opt, run.critic_opt):
+        for state in opt.state.values():
+            total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+    return total / 2**20
+
+
+def _statistic(xs: list[float], how: str) -> float:
+    if how == "min":
+        return float(min(xs))
+    if how == "median":
+        return float(statistics.median(xs))
+    return float(statistics.fmean(xs))
+
+
+def _derived(rec: dict[str, float], passes: list[str]) -> dict[str, float]:
+    """Per-iteration columns computed before any averaging, so every statistic stays consistent."""
+    score_parts = sum(rec[f"t.score.{p}"] for p in passes)
+    top = rec["t.generation"] + rec["t.score"] + rec["t.targets"] + rec["t.train"]
+    floor_score = sum(rec[f"t.floor.{p}"] for p in passes)
+    return {
+        **rec,
+        "t.score.other": rec["t.score"] - score_parts,
+        "t.other": rec["t.iteration"] - top,
+        "t.floor.score": floor_score,
+        "t.floor.total": rec["t.floor.generation"] + floor_score + rec["t.floor.train"],
+    }
+
+
+def summarize_mode(run: _Run, how: str = "median") -> dict[str, Any]:
+    """Seconds per phase (the chosen statistic over the measured iterations), tokens/s, the compute
+    floor and the ratios for one mode."""
+    passes = [p for p in SCORE_PASSES if f"t.score.{p}" in run.records[0]]
+    recs = [_derived(r, passes) for r in run.records]
+    stat = {k: _statistic([r[k] for r in recs], how) for k in recs[0]}
+    phases = {
+        "generation": stat["t.generation"],
+        "score": stat["t.score"],
+        **{f"score.{p}": stat[f"t.score.{p}"] for p in passes},
+        "score.other": stat["t.score.other"],
+        "targets": stat["t.targets"],
+        "train": stat["t.train"],
+        "other": stat["t.other"],
+    }
+    iteration = stat["t.iteration"]
+    floor = {
+        "generation": stat["t.floor.generation"],
+        **{f"score.{p}": stat[f"t.floor.{p}"] for p in passes},
+        "score": stat["t.floor.score"],
+        "train": stat["t.floor.train"],
+        "total": stat["t.floor.total"],
+    }
+    resp, seq = stat["n.response_tokens"], stat["n.sequence_tokens"]
+    tokens_per_s = {
+        "iteration": resp / iteration,
+        "generation": resp / phases["generation"],
+        **{f"score.{p}": seq / phases[f"score.{p}"] for p in passes},
+        "targets": resp / phases["targets"],
+        "train": seq * run.cfg.ppo_epochs / phases["train"],
+    }
+    peak = {k: max(p[k] for p in run.peaks) for k in run.peaks[0]} if run.peaks else {}
+    each = [r["t.iteration"] for r in recs]
+    return {
+        "iteration_s": iteration,
+        "iteration_s_each": each,
+        "floor_s_each": [r["t.floor.total"] for r in recs],
+        "iteration_s_stdev": float(statistics.stdev(each)) if len(each) > 1 else 0.0,
+        "phases_s": phases,
+        "tokens_per_s": tokens_per_s,
+        "floor_s": floor,
+        "iteration_over_floor": iteration / floor["total"],
+        "phase_over_floor": {
+            "generation": phases["generation"] / floor["generation"],
+            "score": phases["score"] / floor["score"],
+            "train": phases["train"] / floor["train"],
+        },
+        "response_tokens": resp,
+        "sequence_tokens": seq,
+        "generated_steps": stat["n.generated_steps"],
+        "peak_memory_mb": peak,
+        "model_and_optimizer_mb": _model_mb(run),
+    }
+
+
+def _target(name: str, value: float, limit: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "value": value,
+        "limit": limit,
+        "met": value <= limit,
+        "over_by_pct": max(0.0, (value / limit - 1.0) * 100.0),
+    }
+
+
+def _machine(device) -> dict[str, Any]:
+    import transformers
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# ----------------------------------------------------------------------------- the bench
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Build the world, time PPO and RTO iterations and their compute floor, print a table; returns
+    the results (also written to ``cfg.json_out`` when set)."""
+    from transformers.utils import logging as transformers_logging
+
+    _validate(cfg)
+    threads, verbosity = torch.get_num_threads(), transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # loading bars and init warnings would bury the table
+    transformers_logging.set_verbosity_error()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_bench(cfg)
+    finally:  # run_bench is also a library call: leave the process as it was
+        torch.set_num_threads(threads)
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    from rto.data.formats import to_prompt_examples
+    from rto.data.loading import load_rows
+    from rto.data.tokenize import tokenize_all, tokenize_prompt
+    from rto.trainers.timing import PeakMemory, PhaseTimer
+
+    load_start = _load()
+    own_dir = cfg.work_dir is None
+    root = Path(tempfile.mkdtemp(prefix="rto-bench-") if own_dir else cfg.work_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        world = build_world(cfg, root)
+        acc = Accelerator()
+        runs = {m: _make_run(acc, _ppo_config(cfg, root, m), m) for m in MODES}
+        floor = _make_floor(acc, runs["ppo"].cfg)
+        tok = runs["ppo"].ms.tokenizer
+        pc = runs["ppo"].cfg
+        examples = to_prompt_examples(load_rows(pc.prompts, "train", None), None, source=pc.prompts)
+        items, _ = tokenize_all(
+            tokenize_prompt, tok, examples, source=pc.prompts, max_prompt_length=pc.max_prompt_length
+        )
+        setup_s = time.perf_counter() - t0
+        _check_world(runs)
+
+        memory = PeakMemory(acc.device)
+        tok_calls: dict[str, int] = {}
+        early_stop_ok = True
+        inference_ok = True
+        n_rounds = cfg.warmup_iterations + cfg.iterations
+        B = cfg.rollout_batch_size
+        for it in range(n_rounds):
+            indices = [(it * B + j) % len(items) for j in range(B)]
+            order = MODES if it % 2 == 0 else MODES[::-1]
+            for mode in order:
+                run = runs[mode]
+                timer = PhaseTimer(acc.device)
+                memory.reset()
+                out = _iteration(acc, run, items, indices, it, timer, tok_calls)
+                peak = memory.read()
+                _floor(floor, run, out, timer)
+                early_stop_ok &= out["generated_steps"] == out["longest_response"]
+                inference_ok &= out["inference_tensors"]
+                if it == 0:
+                    _check_instrumentation(run, timer)
+                if it >= cfg.warmup_iterations:
+                    rec = {f"t.{k}": v for k, v in timer.seconds.items()}
+                    rec.update(
+                        {f"n.{k}": out[k] for k in ("response_tokens", "sequence_tokens", "generated_steps")}
+                    )
+                    run.records.append(rec)
+                    run.peaks.append(peak)
+        modes = {m: summarize_mode(runs[m], cfg.statistic) for m in MODES}
+        paired = [r / p for r, p in zip(modes["rto"]["iteration_s_each"], modes["ppo"]["iteration_s_each"])]
+        rto_over_ppo = modes["rto"]["iteration_s"] / modes["ppo"]["iteration_s"]
+        result: dict[str, Any] = {
+            "config": asdict(cfg),
+            "machine": {**_machine(acc.device), "load_avg_start": load_start, "load_avg_end": _load()},
+            "model": {"size": cfg.model_size, "params": world["params"], "vocab": world["vocab"]},
+            "shapes": {
+                "batch": B,
+                "prompt_tokens": cfg.prompt_length,
+                "max_new_tokens": cfg.max_new_tokens,
+                "mini_batch": cfg.mini_batch_size,
+                "ppo_epochs": cfg.ppo_epochs,
+            },
+            "setup_s": setup_s,
+            "modes": modes,
+            "ratios": {
+                "rto_over_ppo": rto_over_ppo,
+                "ppo_iteration_over_floor": modes["ppo"]["iteration_over_floor"],
+                "rto_iteration_over_floor": modes["rto"]["iteration_over_floor"],
+            },
+            # Per-round RTO/PPO quotients (the two iterations of a round run back to back): their spread
+            # shows how much the machine's noise moves the ratio.
+            "ratios_per_round": {"rto_over_ppo": paired},
+            "targets": [
+                _target("RTO iteration / PPO iteration", rto_over_ppo, TARGET_RTO_OVER_PPO),
+                _target(
+                    "PPO iteration / compute floor",
+                    modes["ppo"]["iteration_over_floor"],
+                    TARGET_ITERATION_OVER_FLOOR,
+                ),
+                _target(
+                    "RTO iteration / compute floor",
+                    modes["rto"]["iteration_over_floor"],
+                    TARGET_ITERATION_OVER_FLOOR,
+                ),
+            ],
+            "checks": {
+                "generation_stops_when_all_ended": early_stop_ok,
+                "scoring_under_inference_mode": inference_ok,
+                "tokenizer_calls_in_hot_path": sum(tok_calls.values()),
+            },
+        }
+        if cfg.compare == "trl":
+            result["compare"] = {"trl": compare_trl(cfg, root, items, modes["ppo"]["iteration_s"])}
+    finally:
+        if own_dir:
+            shutil.rmtree(root, ignore_errors=True)
+    print(format_table(result))
+    if cfg.json_out:
+        path = Path(cfg.json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {path}")
+    return result
+
+
+def _validate(cfg: BenchConfig) -> None:
+    for name in ("rollout_batch_size", "mini_batch_size", "max_new_tokens", "prompt_length", "iterations",
+                 "ppo_epochs", "vocab_size"):  # fmt: skip
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"field '{name}' must be > 0, got {getattr(cfg, name)}")
+    if cfg.warmup_iterations < 0 or cfg.threads < 0:
+        raise ConfigError("fields 'warmup_iterations' and 'threads' must be >= 0")
+    if cfg.rollout_batch_size % cfg.mini_batch_size:
+        raise ConfigError(
+            f"field 'rollout_batch_size' ({cfg.rollout_batch_size}) must be a multiple of "
+            f"'mini_batch_size' ({cfg.mini_batch_size})"
+        )
+
+
+def _check_world(runs: dict[str, _Run]) -> None:
+    for mode, run in runs.items():
+        if run.critic is None or run.ms.reward is None or not run.ms.reward_same_tokens:
+            raise RtoError(f"bench: the {mode} run did not get a critic and a same-tokenizer reward model")
+        if (run.ms.dpo is None) != (mode == "ppo"):
+            raise RtoError(f"bench: the {mode} run has the wrong set of models")
+
+
+def _check_instrumentation(run: _Run, timer) -> None:
+    """Every scoring pass must have been seen once: otherwise score_rollout changed under the bench."""
+    expected = [p for p in SCORE_PASSES if p != "dpo" or run.mode != "ppo"]
+    missing = [p for p in expected if timer.calls.get(f"score.{p}") != 1]
+    if missing:
+        raise RtoError(
+            f"bench: could not time the {', '.join(missing)} pass(es) of score_rollout ({run.mode}); "
+            "rto.bench._instrument_scoring must follow the trainer's scoring functions"
+        )
+
+
+# ----------------------------------------------------------------------------- peer comparison
+
+TRL_MISSING = (
+    "skipped --compare trl: the 'trl' package with its experimental PPO trainer is not importable here "
+    "(it exists in trl <= 1.12.0; install it in a separate environment, it is not an rto dependency)"
+)
+
+
+def _trl_ppo():
+    """(PPOConfig, PPOTrainer) from trl, or None when trl or its PPO trainer is absent."""
+    if importlib.util.find_spec("trl") is None:
+        return None
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    for module in ("trl.experimental.ppo", "trl"):
+        try:
+            mod = importlib.import_module(module)
+            return mod.PPOConfig, mod.PPOTrainer
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def compare_trl(cfg: BenchConfig, root: Path, items: list[dict], ppo_iteration_s: float) -> dict[str, Any]:
+    """Time TRL's PPO on the same world: same models, batch, mini-batch, response length and epochs."""
+    found = _trl_ppo()
+    if found is None:
+        print(TRL_MISSING)
+        return {"skipped": TRL_MISSING}
+    TrlPPOConfig, TrlPPOTrainer = found
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+
+    from rto import models
+
+    tok = models.load_tokenizer(str(root / "sft"), padding_side="left")
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    n_updates = cfg.warmup_iterations + cfg.iterations
+    B = cfg.rollout_batch_size
+    args = TrlPPOConfig(
+        output_dir=str(root / "out_trl"), per_device_train_batch_size=cfg.mini_batch_size,
+        gradient_accumulation_steps=B // cfg.mini_batch_size, num_mini_batches=B // cfg.mini_batch_size,
+        local_rollout_forward_batch_size=B, total_episodes=n_updates * B, response_length=cfg.max_new_tokens,
+        num_ppo_epochs=cfg.ppo_epochs, stop_token="eos", temperature=1.0, learning_rate=5e-7, kl_coef=0.01,
+        num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=10**6, bf16=False, fp16=False,
+        gradient_checkpointing=False, seed=cfg.seed, dataloader_drop_last=True,
+    )  # fmt: skip
+    dataset = Dataset.from_dict({"input_ids": [x["input_ids"] for x in items]})
+    trainer = TrlPPOTrainer(
+        args=args,
+        processing_class=tok,
+        model=AutoModelForCausalLM.from_pretrained(root / "sft"),
+        ref_model=AutoModelForCausalLM.from_pretrained(root / "sft"),
+        reward_model=AutoModelForSequenceClassification.from_pretrained(root / "rm", num_labels=1),
+        value_model=AutoModelForSequenceClassification.from_pretrained(root / "rm", num_labels=1),
+        train_dataset=dataset,
+        callbacks=[Stamp()],
+    )
+    trainer.train()
+    per_update = [b - a for a, b in zip(stamps, stamps[1:])][cfg.warmup_iterations :]
+    if not per_update:
+        return {"skipped": "trl ran no measured update", "trl_version": trl.__version__}
+    trl_s = _mean(per_update)
+    return {
+        "trl_version": trl.__version__,
+        "trl_iteration_s": trl_s,
+        "trl_iteration_s_each": per_update,
+        "rto_ppo_iteration_s": ppo_iteration_s,
+        "rto_ppo_over_trl": ppo_iteration_s / trl_s,
+        "note": "TRL's PPO (reward_mode=ppo equivalent) on the same models and shapes, run after the "
+        "alternating measurement; TRL takes the policy log-probs from generate's logits (no policy "
+        "scoring pass) and always samples with top_k=0.",
+    }
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _fmt(x: float, unit: str = "") -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.3f}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text report: per-phase seconds and tokens/s per mode, the floor, ratios and targets."""
+    modes = result["modes"]
+    m = result["model"]
+    sh = result["shapes"]
+    lines = [
+        f"rto bench: GPT-2 '{m['size']}' ({m['params'] / 1e6:.2f}M params, vocab {m['vocab']}), batch {sh['batch']}, "
+        f"prompt {sh['prompt_tokens']} + response {sh['max_new_tokens']} tokens, mini-batch {sh['mini_batch']}, "
+        f"{sh['ppo_epochs']} epoch(s); device {result['machine']['device']}, "
+        f"{result['machine']['torch_threads']} threads; {result['config']['iterations']} measured iteration(s) "
+        f"per mode; load avg {result['machine']['load_avg_start']} -> {result['machine']['load_avg_end']}",
+        "",
+        f"{'phase':<16}{'ppo s':>9}{'rto s':>9}{'ppo tok/s':>11}{'rto tok/s':>11}{'floor ppo':>11}{'floor rto':>11}",
+    ]
+    names = [
+        "generation",
+        "score",
+        *(f"score.{p}" for p in SCORE_PASSES),
+        "score.other",
+        "targets",
+        "train",
+        "other",
+    ]
+    for name in ["iteration", *names]:
+        row = f"{name:<16}"
+        for mode in MODES:
+            v = modes[mode]["iteration_s"] if name == "iteration" else modes[mode]["phases_s"].get(name)
+            row += f"{_fmt(v) if v is not None else '-':>9}"
+        for mode in MODES:
+            v = modes[mode]["tokens_per_s"].get(name)
+            row += f"{_fmt(v) if v is not None else '':>11}"
+        for mode in MODES:
+            key = "total" if name == "iteration" else name
+            v = modes[mode]["floor_s"].get(key)
+            row += f"{_fmt(v) if v is not None else '':>11}"
+        lines.append(row)
+    lines.append("")
+    for mode in MODES:
+        pf = modes[mode]["phase_over_floor"]
+        mem = modes[mode]["peak_memory_mb"]
+        mem_txt = ", ".join(f"{k.replace('_mb', '')} {v:.0f} MB" for k, v in mem.items() if k.endswith("_mb"))
+        lines.append(
+            f"{mode}: iteration / floor {modes[mode]['iteration_over_floor']:.3f} (generation {pf['generation']:.3f}, "
+            f"scoring {pf['score']:.3f}, training {pf['train']:.3f}); peak {mem_txt}; "
+            f"models + optimizer states {modes[mode]['model_and_optimizer_mb']:.0f} MB"
+        )
+    lines.append("")
+    for t in result["targets"]:
+        verdict = "met" if t["met"] else f"NOT met, over by {t['over_by_pct']:.1f}%"
+        lines.append(f"{t['name']:<32} {t['value']:.3f}  (target <= {t['limit']:.2f})  {verdict}")
+    ck = result["checks"]
+    lines.append(
+        f"checks: generation stops when every row ended: {ck['generation_stops_when_all_ended']}; scoring under "
+        f"inference mode: {ck['scoring_under_inference_mode']}; tokenizer calls in the hot path: "
+        f"{ck['tokenizer_calls_in_hot_path']}"
+    )
+    trl_res = result.get("compare", {}).get("trl")
+    if trl_res is not None:
+        if "skipped" in trl_res:
+            lines.append(trl_res["skipped"])
+        else:
+            lines.append(
+                f"trl {trl_res['trl_version']} PPO: {trl_res['trl_iteration_s']:.3f} s/iteration; rto ppo / trl = "
+                f"{trl_res['rto_ppo_over_trl']:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rto.bench``: the same as ``rto bench``."""
+    from rto.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""`rto bench`: a smoke run on the smallest shapes, the JSON it writes, and the trl-absent path."""
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from rto import bench
+from rto.errors import ConfigError, RtoError
+from rto.trainers.timing import PeakMemory, PhaseTimer, patched
+
+PHASES = {"generation", "score", "score.policy", "score.ref", "score.critic", "score.rm", "score.other", "targets",
+          "train", "other"}  # fmt: skip
+MAY_BE_ZERO = {"score.other", "other"}  # bookkeeping remainders: >= 0
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One warm-up and one measured iteration per mode, TRL compare requested but made absent."""
+    out = tmp_path_factory.mktemp("bench")
+    cfg = bench.BenchConfig(
+        model_size="micro", vocab_size=300, rollout_batch_size=4, mini_batch_size=2, max_new_tokens=4,
+        prompt_length=4, iterations=1, warmup_iterations=1, threads=1, compare="trl",
+        json_out=str(out / "bench.json"), work_dir=str(out / "world"),
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(bench, "_trl_ppo", lambda: None)
+    try:
+        result = bench.run_bench(cfg)
+    finally:
+        mp.undo()
+    assert torch.get_num_threads() == threads  # run_bench leaves the process's thread count alone
+    return result, json.loads((out / "bench.json").read_text())
+
+
+def test_json_has_every_field_finite_and_positive(smoke):
+    result, data = smoke
+    assert data["config"]["model_size"] == "micro"
+    assert data["shapes"] == {
+        "batch": 4,
+        "prompt_tokens": 4,
+        "max_new_tokens": 4,
+        "mini_batch": 2,
+        "ppo_epochs": 1,
+    }
+    assert data["model"]["params"] > 0 and data["model"]["vocab"] <= 300
+    assert set(data["modes"]) == {"ppo", "rto"}
+    for mode, m in data["modes"].items():
+        expected = PHASES | ({"score.dpo"} if mode == "rto" else set())
+        assert set(m["phases_s"]) == expected, mode
+        for name, v in m["phases_s"].items():
+            assert math.isfinite(v) and (v >= 0 if name in MAY_BE_ZERO else v > 0), (mode, name, v)
+        assert set(m["tokens_per_s"]) == {"iteration", "generation", "targets", "train"} | {
+            p for p in expected if p.startswith("score.") and p != "score.other"
+        }
+        floor_keys = {"generation", "score", "train", "total"} | {
+            p for p in expected if p.startswith("score.")
+        } - {"score.other"}
+        assert set(m["floor_s"]) == floor_keys
+        for group in ("tokens_per_s", "floor_s", "phase_over_floor"):
+            assert all(_positive_finite(v) for v in m[group].values()), (mode, group, m[group])
+        for key in ("iteration_s", "iteration_over_floor", "response_tokens", "sequence_tokens", "generated_steps",
+                    "model_and_optimizer_mb"):  # fmt: skip
+            assert _positive_finite(m[key]), (mode, key)
+        assert _positive_finite(m["peak_memory_mb"]["rss_mb"])
+        assert len(m["iteration_s_each"]) == 1 and m["iteration_s_stdev"] == 0.0
+        # the score is the sum of its passes plus a non-negative remainder, the iteration of its phases
+        parts = sum(v for k, v in m["phases_s"].items() if k.startswith("score."))
+        assert parts == pytest.approx(m["phases_s"]["score"], rel=1e-9)
+        assert m["response_tokens"] == 4 * m["generated_steps"] or m["response_tokens"] <= 4 * 4
+    assert all(_positive_finite(v) for v in data["ratios"].values())
+    assert data["checks"]["generation_stops_when_all_ended"] is True
+    assert data["checks"]["scoring_under_inference_mode"] is True
+    assert data["checks"]["tokenizer_calls_in_hot_path"] == 0
+    assert json.loads(json.dumps(result)) == data
+
+
+def test_ratios_are_quotients_of_the_reported_times(smoke):
+    _, data = smoke
+    ppo, rto = data["modes"]["ppo"], data["modes"]["rto"]
+    r = data["ratios"]
+    assert r["rto_over_ppo"] == pytest.approx(rto["iteration_s"] / ppo["iteration_s"], rel=1e-12)
+    assert r["ppo_iteration_over_floor"] == pytest.approx(
+        ppo["iteration_s"] / ppo["floor_s"]["total"], rel=1e-12
+    )
+    assert r["rto_iteration_over_floor"] == pytest.approx(
+        rto["iteration_s"] / rto["floor_s"]["total"], rel=1e-12
+    )
+    for m in (ppo, rto):
+        f = m["floor_s"]
+        assert f["total"] == pytest.approx(f["generation"] + f["score"] + f["train"], rel=1e-9)
+        assert m["phase_over_floor"]["train"] == pytest.approx(m["phases_s"]["train"] / f["train"], rel=1e-12)
+        assert m["tokens_per_s"]["iteration"] == pytest.approx(
+            m["response_tokens"] / m["iteration_s"], rel=1e-12
+        )
+    assert data["ratios_per_round"]["rto_over_ppo"] == pytest.approx(
+        [rto["iteration_s_each"][0] / ppo["iteration_s_each"][0]]
+    )
+    by_name = {t["name"]: t for t in data["targets"]}
+    t = by_name["RTO iteration / PPO iteration"]
+    assert t["value"] == r["rto_over_ppo"] and t["limit"] == 1.10
+    assert t["met"] == (t["value"] <= 1.10)
+    assert t["over_by_pct"] == pytest.approx(max(0.0, (t["value"] / 1.10 - 1) * 100))
+
+
+def test_trl_absent_is_skipped_with_a_clear_message(smoke, capsys):
+    result, data = smoke
+    assert data["compare"]["trl"] == {"skipped": bench.TRL_MISSING}
+    assert "trl <= 1.12.0" in bench.TRL_MISSING and "not an rto dependency" in bench.TRL_MISSING
+    assert bench.TRL_MISSING in bench.format_table(result)
+
+
+def test_trl_lookup_returns_none_when_the_package_is_missing(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a)
+    )
+    assert bench._trl_ppo() is None
+
+
+def test_table_names_phases_and_unmet_targets(smoke):
+    result, _ = smoke
+    table = bench.format_table(result)
+    for word in ("iteration", "generation", "score.dpo", "train", "RTO iteration / PPO iteration", "checks:"):
+        assert word in table
+    fake = {**result, "targets": [bench._target("RTO iteration / PPO iteration", 1.32, 1.10)]}
+    assert "NOT met, over by 20.0%" in bench.format_table(fake)
+
+
+def test_instrumentation_check_names_the_missing_pass():
+    run = bench._Run("rto", None, None, None, None, None, None, None, None, 0.0)
+    timer = PhaseTimer()
+    for p in ("policy", "ref", "critic", "rm"):
+        timer.calls[f"score.{p}"] = 1
+    with pytest.raises(RtoError, match="dpo"):
+        bench._check_instrumentation(run, timer)
+    timer.calls["score.dpo"] = 1
+    bench._check_instrumentation(run, timer)
+
+
+def test_bad_config_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        bench._validate(bench.BenchConfig(rollout_batch_size=6, mini_batch_size=4))
+    with pytest.raises(ConfigError, match="iterations"):
+        bench._validate(bench.BenchConfig(iterations=0))
+
+
+def test_phase_timer_accumulates_and_wrap_names_calls():
+    timer = PhaseTimer()
+    for _ in range(3):
+        with timer.phase("a"), timer.phase("b"):
+            pass
+    assert timer.calls == {"a": 3, "b": 3} and timer.seconds["a"] >= timer.seconds["b"] >= 0
+
+    def f(x):
+        return x + 1
+
+    wrapped = timer.wrap(f, lambda x: "even" if x % 2 == 0 else None)
+    assert [wrapped(i) for i in range(4)] == [1, 2, 3, 4]
+    assert timer.calls["even"] == 2 and "odd" not in timer.calls
+
+
+def test_patched_restores_the_attribute():
+    class Owner:
+        value = 1
+
+    with patched(Owner, "value", 2):
+        assert Owner.value == 2
+    assert Owner.value == 1
+
+
+def test_peak_memory_sees_a_large_allocation():
+    mem = PeakMemory()
+    mem.reset()
+    before = mem.read()["rss_mb"]
+    x = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+    after = mem.read()["rss_mb"]
+    del x
+    assert after >= before + (60 if mem.resettable else 0)
