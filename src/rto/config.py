@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -308,14 +311,77 @@ def suggest(name: str, options: list[str]) -> str:
 
 
 def config_from_dict(cls: type, values: dict[str, Any], source: str = "config") -> Any:
-    """Build a config from a mapping; unknown fields are an error naming the field and the closest one."""
+    """Build a config from a mapping; unknown fields are an error naming the field and the closest one,
+    and each value is checked against the field's type (YAML reads ``1e-5`` as a string: numeric strings
+    are accepted for numeric fields)."""
     names = field_names(cls)
-    for key in values:
-        norm = key.replace("-", "_")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        norm = str(key).replace("-", "_")
         if norm not in names:
             raise ConfigError(f"{source}: unknown field '{key}' for {cls.__name__}{suggest(norm, names)}")
-    kwargs = {k.replace("-", "_"): v for k, v in values.items()}
+        kwargs[norm] = coerce_value(norm, hints[norm], value, source)
     return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def coerce_value(name: str, tp: Any, value: Any, source: str = "config") -> Any:
+    """`value` as the field's type, or a ConfigError naming the field, the expected type and the value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce_value(name, arg, value, source)
+            except ConfigError:
+                pass
+    elif origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        hint = suggest(str(value), [str(c) for c in choices])
+        raise ConfigError(f"{source}: field '{name}' must be {_type_name(tp)}; got {value!r}{hint}")
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(
+        f"{source}: field '{name}' must be {_type_name(tp)}; got {value!r} ({type(value).__name__})"
+    )
 
 
 def load_yaml_config(cls: type, path: str | Path) -> Any:
@@ -367,11 +433,53 @@ def _positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
             raise ConfigError(f"field '{n}' must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
+def _in_range(cfg: Any, name: str, low: float, high: float, high_inclusive: bool = False) -> None:
+    v = getattr(cfg, name)
+    if not (low <= v <= high if high_inclusive else low <= v < high):
+        raise ConfigError(
+            f"field '{name}' must be in [{low}, {high}{']' if high_inclusive else ')'}, got {v}"
+        )
+
+
+# Fields where +inf is a meaningful value ("no clamp"); NaN is never accepted.
+INF_ALLOWED = frozenset({"rm_score_clamp", "dpo_reward_clip"})
+# Fields naming models read by a run: the output folder must not be one of them.
+INPUT_MODEL_FIELDS = ("model", "ref_model", "policy", "dpo_model", "reward_model", "critic")
+
+
+def _finite_numbers(cfg: Any) -> None:
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and f.name not in INF_ALLOWED)):
+            raise ConfigError(f"field '{f.name}' must be a finite number, got {v}")
+
+
+def _output_not_an_input(cfg: Any) -> None:
+    """Writing the run's outputs into a folder it reads a model from would overwrite that model."""
+    out = Path(cfg.output_dir).expanduser().resolve()
+    for name in INPUT_MODEL_FIELDS:
+        path = getattr(cfg, name, None)
+        if path and Path(path).expanduser().exists() and Path(path).expanduser().resolve() == out:
+            raise ConfigError(
+                f"field 'output_dir' is the folder of field '{name}' ({path}): the run would overwrite the "
+                "model it starts from; choose another --output-dir"
+            )
+
+
 def validate_config(cfg: Any) -> None:
     """Check values a stage cannot run with; messages name the field."""
     _require(cfg, "output_dir")
+    _finite_numbers(cfg)
+    _output_not_an_input(cfg)
     _positive(cfg, "save_total_limit", "logging_steps")
     _positive(cfg, "save_steps", allow_zero=True)
+    if getattr(cfg, "lora", False):
+        _positive(cfg, "lora_r", "lora_alpha")
+        _in_range(cfg, "lora_dropout", 0.0, 1.0)
+    if hasattr(cfg, "adam_beta1"):
+        _in_range(cfg, "adam_beta1", 0.0, 1.0)
+        _in_range(cfg, "adam_beta2", 0.0, 1.0)
+        _positive(cfg, "adam_eps", "weight_decay", allow_zero=True)
     if isinstance(cfg, TrainStageConfig):
         _require(cfg, "model", "data")
         _positive(cfg, "max_length", "per_device_batch_size", "gradient_accumulation_steps", "learning_rate")
@@ -393,6 +501,16 @@ def validate_config(cfg: Any) -> None:
         _positive(cfg, "dpo_reward_clip", "rm_score_clamp")
         if cfg.top_p > 1:
             raise ConfigError(f"field 'top_p' must be in (0, 1], got {cfg.top_p}")
+        _in_range(cfg, "gamma", 0.0, 1.0, high_inclusive=True)
+        _in_range(cfg, "lam", 0.0, 1.0, high_inclusive=True)
+        _in_range(cfg, "warmup_ratio", 0.0, 1.0)
+        _positive(cfg, "critic_warmup_iterations", "eval_every", "max_grad_norm", allow_zero=True)
+        if cfg.adaptive_kl:
+            _positive(cfg, "kl_target", "kl_horizon")
+        if cfg.reward_mode == "semi-rto" and not cfg.sentence_delimiters:
+            raise ConfigError(
+                "reward_mode 'semi-rto' needs field 'sentence_delimiters' (--sentence-delimiters)"
+            )
         if cfg.rollout_batch_size % cfg.mini_batch_size:
             raise ConfigError(
                 f"field 'rollout_batch_size' ({cfg.rollout_batch_size}) must be a multiple of "

@@ -59,6 +59,38 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     return tok
 
 
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _require_safetensors(name: str, path: str) -> None:
+    """Weights are read from safetensors only: unpickling a file from a user path can run arbitrary code.
+    A local folder with only pickle weights is refused with a message that says so."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES)
+    if pickles:
+        raise RtoError(
+            f"{name} '{path}' holds only pickle weights ({', '.join(pickles)}), and rto loads weights from "
+            "safetensors only (unpickling can run arbitrary code). If you trust the file, convert it once: "
+            "load it with transformers and save_pretrained(folder) writes model.safetensors"
+        )
+
+
+def _from_pretrained(name: str, kind: str, load, path: str, **kwargs) -> PreTrainedModel:
+    """`load(path, use_safetensors=True, ...)` with load failures reported as RtoError naming the folder."""
+    _check_source(name, path)
+    _require_safetensors(name, path)
+    try:
+        return load(path, use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as e:
+        raise RtoError(f"could not load a {kind} from '{path}': {e}") from e
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise RtoError(f"{name} '{path}': damaged safetensors file ({e})") from e
+
+
 def _fit_embeddings(model: PreTrainedModel, tokenizer) -> None:
     if tokenizer is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
@@ -69,13 +101,14 @@ def _fit_embeddings(model: PreTrainedModel, tokenizer) -> None:
 def load_causal_lm(
     path: str, tokenizer=None, trust_remote_code: bool = False, dtype: torch.dtype | None = None
 ) -> PreTrainedModel:
-    _check_source("model", path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
-        )
-    except OSError as e:
-        raise RtoError(f"could not load a causal LM from '{path}': {e}") from e
+    model = _from_pretrained(
+        "model",
+        "causal LM",
+        AutoModelForCausalLM.from_pretrained,
+        path,
+        trust_remote_code=trust_remote_code,
+        dtype=dtype or torch.float32,
+    )
     _fit_embeddings(model, tokenizer)
     return model
 
@@ -85,13 +118,15 @@ def load_score_model(
 ) -> PreTrainedModel:
     """A one-label sequence-classification model (reward model or critic). From a causal-LM folder the
     head starts fresh (transformers says so in its log)."""
-    _check_source("reward model", path)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
-        )
-    except OSError as e:
-        raise RtoError(f"could not load a sequence-classification model from '{path}': {e}") from e
+    model = _from_pretrained(
+        "reward model",
+        "sequence-classification model",
+        AutoModelForSequenceClassification.from_pretrained,
+        path,
+        num_labels=1,
+        trust_remote_code=trust_remote_code,
+        dtype=dtype or torch.float32,
+    )
     _fit_embeddings(model, tokenizer)
     score_head(model)  # fail early if the architecture has no recognisable head
     return model
