@@ -260,7 +260,7 @@ def value_loss(
 
     Averaged over tokens within each sequence, then over sequences. ``clip_range=None`` gives
     the plain 0.5 (v - R)^2. Stats: ``vf_clipfrac`` = fraction of valid tokens where the
-    clipped error is the larger one (0 without clipping).
+    clipped error is the larger one and the clamp is active (0 without clipping).
     """
     mask = _as_bool(mask)
     err = (values - returns) ** 2
@@ -272,6 +272,9 @@ def value_loss(
         err_clipped = (v_clipped - returns) ** 2
         per_token = 0.5 * torch.maximum(err, err_clipped)
         with torch.no_grad():
-            clipfrac = masked_mean((err_clipped > err).float(), mask)
+            # Only where the clamp is active: elsewhere v_clipped equals v up to rounding, and counting
+            # rounding noise would report clipping that did not happen.
+            active = (values - old_values).abs() > clip_range
+            clipfrac = masked_mean((active & (err_clipped > err)).float(), mask)
     loss = _seq_then_batch_mean(per_token, mask)
     return loss, {"vf_clipfrac": clipfrac.detach()}

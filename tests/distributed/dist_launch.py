@@ -1,0 +1,137 @@
+"""Helpers for the 2-process tests: build tiny model folders and launch dist_worker.py under torchrun."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict:
+    """One thread per process (2 processes on 2 cores), offline, quiet."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]),
+    )
+    return env
+
+
+def launch(
+    runs: list[dict], workdir: Path, nproc: int = 2, watch: list[Path] = (), timeout: float = 300
+) -> list:
+    """Run `runs` ([{"stage", "config"}]) in one torchrun launch; returns the per-rank reports.
+
+    The launch line is the one docs/distributed.md gives users: python -m torch.distributed.run
+    --nproc_per_node N ... (what `torchrun` runs)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    report = workdir / "report"
+    spec = workdir / "spec.json"
+    spec.write_text(json.dumps({"report": str(report), "watch": [str(w) for w in watch], "runs": runs}))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), str(spec),
+    ]  # fmt: skip
+    # Own session: on a timeout or failure the launcher and every worker it started go down together
+    # (a rank stuck in a collective would otherwise outlive the test).
+    proc = subprocess.Popen(
+        cmd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"torchrun timed out after {timeout} s:\n{stderr[-8000:]}") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of a failed launch
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-8000:]}")
+    return [json.loads((report / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+# ----------------------------------------------------------------------------- tiny worlds
+
+
+def eos_prone_gpt2(tokenizer, seed: int, eos_logit: float = 4.5):
+    """A tiny GPT-2 that ends a response early with probability ~0.25 per token, so responses (and the
+    per-process response widths that the rollout gather must align) have different lengths.
+
+    The final LayerNorm's output coordinate 0 is made constant (weight 0, bias 1) and the EOS embedding,
+    tied to the output layer, gets eos_logit there: the EOS logit is ~eos_logit at every position."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        model.transformer.ln_f.weight[0] = 0.0
+        model.transformer.ln_f.bias[0] = 1.0
+        model.transformer.wte.weight[:, 0] = 0.0
+        model.transformer.wte.weight[tokenizer.eos_token_id, 0] = eos_logit
+    return model
+
+
+def score_gpt2(tokenizer, seed: int, mean: float = 0.0, std: float = 1.0):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2, num_labels=1,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    model = GPT2ForSequenceClassification(cfg)
+    model.config.rto_score_mean = mean
+    model.config.rto_score_std = std
+    return model
+
+
+def save(model, tokenizer, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

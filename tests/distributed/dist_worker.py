@@ -1,0 +1,159 @@
+"""Run several rto stages one after the other inside one (torchrun-launched) process group.
+
+Usage: python -m torch.distributed.run --nproc_per_node N dist_worker.py SPEC.json
+
+SPEC.json is {"report": folder, "watch": [folders], "runs": [{"stage": "sft"|"rm"|"dpo"|"ppo", "config": {...},
+"interrupt_after_checkpoint": step (optional)}]}. A run with interrupt_after_checkpoint stops, in every
+process, right after the checkpoint of that step is complete: an interrupted job, to be resumed by a later run.
+Importing torch and transformers costs seconds per process, so one launch serves many runs. They share one
+process group: `finish()` destroys it only after the last run (re-creating a gloo group in the same process
+is unreliable: ranks may read the previous group's stale addresses), and accelerate's cached
+Accelerator/gradient state is reset between runs (its process state, the group, is kept).
+
+Every process writes report/rank{i}.json: what accelerate saw (num_processes, process_index,
+distributed type) for each run, and, for non-main processes, every file-system change it made under the
+watched folders (recorded with an audit hook), so the test can check that only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+WRITE_EVENTS = {
+    "os.rename",
+    "os.remove",
+    "os.rmdir",
+    "os.mkdir",
+    "shutil.rmtree",
+    "shutil.move",
+    "os.truncate",
+}
+
+
+def watch_writes(folders: list[str], log: list) -> None:
+    """Record file-system changes under `folders` (audit hooks see every Python-level open/rename/...)."""
+    roots = tuple(str(Path(f).resolve()) for f in folders)
+
+    def under(p) -> bool:
+        try:
+            return str(Path(os.fsdecode(p)).resolve()).startswith(roots)
+        except (TypeError, ValueError, OSError):
+            return False
+
+    def hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            )
+            if writing and under(path):
+                log.append(["open", os.fsdecode(path)])
+        elif event in WRITE_EVENTS and args and under(args[0]):
+            log.append([event, os.fsdecode(args[0])])
+
+    sys.addaudithook(hook)
+    # torch.save and safetensors write from C++, out of the audit hook's sight: record their calls.
+    import safetensors.torch
+    import torch
+
+    def recorded(name, fn, path_arg):
+        def wrapper(*args, **kwargs):
+            path = args[path_arg] if len(args) > path_arg else kwargs.get("f", kwargs.get("filename"))
+            if isinstance(path, str | os.PathLike) and under(path):
+                log.append([name, os.fsdecode(path)])
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    torch.save = recorded("torch.save", torch.save, 1)
+    safetensors.torch.save_file = recorded("safetensors.save_file", safetensors.torch.save_file, 1)
+
+
+def run_stage(stage: str, config: dict):
+    from rto.config import STAGE_CONFIGS
+
+    cfg = STAGE_CONFIGS[stage](**config)
+    if stage == "sft":
+        from rto.trainers.sft import train_sft as train
+    elif stage == "rm":
+        from rto.trainers.reward import train_reward as train
+    elif stage == "dpo":
+        from rto.trainers.dpo import train_dpo as train
+    else:
+        from rto.trainers.ppo import train_ppo as train
+    return train(cfg)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    rank = int(os.environ.get("RANK", "0"))
+    writes: list = []
+    if rank != 0:
+        watch_writes(spec.get("watch", []), writes)
+    from accelerate.state import AcceleratorState, GradientState
+
+    from rto.trainers import common
+
+    seen = []
+    make_accelerator = common.make_accelerator
+
+    def recording_make_accelerator(cfg):
+        acc = make_accelerator(cfg)
+        seen.append(
+            {
+                "output_dir": cfg.output_dir,
+                "num_processes": acc.num_processes,
+                "process_index": acc.process_index,
+                "is_main_process": acc.is_main_process,
+                "distributed_type": str(acc.distributed_type),
+            }
+        )
+        return acc
+
+    finish = common.finish
+    last = len(spec["runs"]) - 1
+
+    def finish_keeping_group(acc):  # finish() minus the group's destruction (end_training destroys it)
+        acc.wait_for_everyone()
+        for tracker in acc.trackers:
+            tracker.finish()
+
+    save_checkpoint = common.save_checkpoint
+    stop_at = [None]
+
+    def save_then_maybe_stop(acc, output_dir, step, state, keep):
+        path = save_checkpoint(acc, output_dir, step, state, keep)
+        if step == stop_at[0]:
+            raise Interrupted
+        return path
+
+    common.make_accelerator = recording_make_accelerator
+    common.save_checkpoint = save_then_maybe_stop
+    for i, run in enumerate(spec["runs"]):
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        common.finish = finish if i == last else finish_keeping_group
+        stop_at[0] = run.get("interrupt_after_checkpoint")
+        try:
+            run_stage(run["stage"], run["config"])
+        except Interrupted:
+            seen[-1]["interrupted_at"] = stop_at[0]
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # the last run was interrupted before its finish()
+        dist.barrier()
+        dist.destroy_process_group()
+    report = Path(spec["report"])
+    report.mkdir(parents=True, exist_ok=True)
+    (report / f"rank{rank}.json").write_text(json.dumps({"runs": seen, "writes": writes}, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
