@@ -666,13 +666,13 @@ def save_hf_folder(
         adapter_tmp = None
         if hasattr(unwrapped, "merge_and_unload") and hasattr(unwrapped, "peft_config"):
             # LoRA: keep the trained adapter (for shared-base PPO) and write the merged model beside it.
-            adapter_tmp = Path(folder).parent / f".tmp-adapter-{Path(folder).name}"
+            adapter_tmp = Path(folder) / ".tmp-adapter"
             unwrapped.save_pretrained(adapter_tmp, selected_adapters=["default"], safe_serialization=True)
             unwrapped = unwrapped.merge_and_unload()
         for k, v in (extra_config or {}).items():
             setattr(unwrapped.config, k, v)
         folder = Path(folder)
-        tmp = folder.parent / f".tmp-{folder.name}"
+        tmp = folder / ".tmp-model"  # inside the folder: a crash leaves nothing outside the output folder
         if tmp.exists():
             shutil.rmtree(tmp)
         unwrapped.save_pretrained(tmp, safe_serialization=True)
@@ -680,16 +680,13 @@ def save_hf_folder(
             tokenizer.save_pretrained(tmp)
         if adapter_tmp is not None:
             os.replace(adapter_tmp, tmp / "adapter")
-        if folder.exists():
-            # Replace only the model files we own; keep metrics and checkpoints that live beside them.
-            for p in tmp.iterdir():
-                target = folder / p.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(p, target)
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, folder)
+        # Replace only the model files we own; keep metrics and checkpoints that live beside them.
+        for p in tmp.iterdir():
+            target = folder / p.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(p, target)
+        shutil.rmtree(tmp)
     acc.wait_for_everyone()
 
 
