@@ -48,6 +48,9 @@ class RunConfig:
     """Trade compute for memory in the trained models (GPU runs)."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """What to do when a loss, reward, advantage or gradient is NaN/inf: stop, or skip that update."""
+    deterministic: bool = False
+    """Use deterministic GPU kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG):
+    bitwise-repeatable GPU runs, somewhat slower (CPU runs are deterministic anyway)."""
     progress: bool = True
     """Show progress bars."""
 

@@ -79,6 +79,8 @@ def test_supervised_sigkill_then_resume_is_bitwise_identical(stage, world, zygot
         assert (out / "checkpoints" / ".tmp-step-00000004").is_dir()
     if point == "step":
         assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+        with (out / "metrics.jsonl").open("a") as f:  # as if killed while writing step 4's line
+            f.write('{"step": 4, "lo')
     _resume(zygote, world, stage, out)
     assert_same_run(reference(stage), out)
     assert not list((out / "checkpoints").glob(".tmp-*"))
@@ -161,3 +163,11 @@ def test_same_seed_same_metrics_run_to_run(stage, world, zygote, reference, tmp_
     other_seed = tmp_path / "seed4"
     zygote.run(stage_args(stage, world, other_seed, "--seed", "4"))
     assert without_timing(read_metrics(other_seed)) != first  # the comparison can fail
+
+
+def test_deterministic_kernels_option_changes_nothing_on_cpu(world, zygote, reference, tmp_path):
+    """--deterministic (GPU kernels without atomics, fixed cuBLAS workspace) runs, and CPU bits agree."""
+    out = tmp_path / "det"
+    child = zygote.run(stage_args("sft", world, out, "--deterministic"))
+    assert "Traceback" not in child.output()
+    assert_same_run(reference("sft"), out)

@@ -55,6 +55,8 @@ def make_accelerator(cfg) -> Accelerator:
     On a machine without an accelerator device we must say cpu=True: otherwise accelerate, launched by
     torchrun, reports a single process (DistributedType.NO) in every rank, and each rank trains alone."""
     log_with = None if cfg.report_to == "none" else cfg.report_to
+    if getattr(cfg, "deterministic", False):
+        use_deterministic_kernels()
     acc = Accelerator(
         mixed_precision=cfg.mixed_precision,
         log_with=log_with,
@@ -63,6 +65,16 @@ def make_accelerator(cfg) -> Accelerator:
     )
     set_seed(cfg.seed)
     return acc
+
+
+def use_deterministic_kernels() -> None:
+    """GPU kernels that give the same bits on every run (see docs/reliability.md): cuBLAS with a fixed
+    workspace (must be set before cuBLAS starts), no cuDNN autotuning, and deterministic variants of ops
+    that otherwise use atomics. Ops without a deterministic variant warn instead of failing a long run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _no_accelerator_device() -> bool:
