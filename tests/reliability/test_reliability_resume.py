@@ -171,3 +171,23 @@ def test_deterministic_kernels_option_changes_nothing_on_cpu(world, zygote, refe
     child = zygote.run(stage_args("sft", world, out, "--deterministic"))
     assert "Traceback" not in child.output()
     assert_same_run(reference("sft"), out)
+
+
+def test_graceful_stop_flags_the_first_signal_and_aborts_on_the_second():
+    from rto.trainers.common import GracefulStop
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = GracefulStop().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: sets the flag, no exception
+        for _ in range(100):
+            if stop.signum:
+                break
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is before
