@@ -15,6 +15,7 @@ import torch
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
+DDP_CPU_CONFIG = REPO / "configs" / "accelerate" / "ddp_cpu.yaml"
 
 
 def free_port() -> int:
@@ -39,21 +40,44 @@ def child_env() -> dict:
     return env
 
 
-def launch(
-    runs: list[dict], workdir: Path, nproc: int = 2, watch: list[Path] = (), timeout: float = 300
-) -> list:
-    """Run `runs` ([{"stage", "config"}]) in one torchrun launch; returns the per-rank reports.
+def cli_args(stage: str, config: dict) -> list[str]:
+    """The `rto <stage> ...` command line for a config dict (flags are field names with dashes)."""
+    argv = [stage]
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
 
-    The launch line is the one docs/distributed.md gives users: python -m torch.distributed.run
-    --nproc_per_node N ... (what `torchrun` runs)."""
+
+def launch(
+    runs: list[dict],
+    workdir: Path,
+    nproc: int = 2,
+    watch: list[Path] = (),
+    launcher: str = "torchrun",
+    timeout: float = 300,
+) -> list:
+    """Run `runs` (see dist_worker.py) in one multi-process launch; returns the per-rank reports.
+
+    The launch lines are the ones docs/distributed.md gives users: `torchrun --nproc_per_node N` (as
+    python -m torch.distributed.run) or `accelerate launch --config_file configs/accelerate/ddp_cpu.yaml`."""
     workdir.mkdir(parents=True, exist_ok=True)
     report = workdir / "report"
     spec = workdir / "spec.json"
     spec.write_text(json.dumps({"report": str(report), "watch": [str(w) for w in watch], "runs": runs}))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), str(spec),
-    ]  # fmt: skip
+    port = str(free_port())
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", port]  # fmt: skip
+    elif launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CPU_CONFIG),
+               "--num_processes", str(nproc), "--main_process_port", port]  # fmt: skip
+    else:
+        raise ValueError(launcher)
+    cmd += [str(WORKER), str(spec)]
     # Own session: on a timeout or failure the launcher and every worker it started go down together
     # (a rank stuck in a collective would otherwise outlive the test).
     proc = subprocess.Popen(
@@ -69,12 +93,12 @@ def launch(
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        raise AssertionError(f"torchrun timed out after {timeout} s:\n{stderr[-8000:]}") from None
+        raise AssertionError(f"{launcher} timed out after {timeout} s:\n{stderr[-8000:]}") from None
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers of a failed launch
     if proc.returncode != 0:
-        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-8000:]}")
+        raise AssertionError(f"{launcher} failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-8000:]}")
     return [json.loads((report / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -135,3 +159,15 @@ def save(model, tokenizer, folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the in-process 1-process references on one thread, like each worker process: for these tiny
+    models extra threads only add synchronisation, and on a busy 2-core machine they cost seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

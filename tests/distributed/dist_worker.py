@@ -1,10 +1,11 @@
-"""Run several rto stages one after the other inside one (torchrun-launched) process group.
+"""Run several rto stages one after the other inside one process group (torchrun or accelerate launch).
 
 Usage: python -m torch.distributed.run --nproc_per_node N dist_worker.py SPEC.json
 
 SPEC.json is {"report": folder, "watch": [folders], "runs": [{"stage": "sft"|"rm"|"dpo"|"ppo", "config": {...},
 "interrupt_after_checkpoint": step (optional)}]}. A run with interrupt_after_checkpoint stops, in every
 process, right after the checkpoint of that step is complete: an interrupted job, to be resumed by a later run.
+A run with "argv" goes through the command line, `rto.cli.main(argv)`, as `-m rto.cli <stage> ...` would.
 Importing torch and transformers costs seconds per process, so one launch serves many runs. They share one
 process group: `finish()` destroys it only after the last run (re-creating a gloo group in the same process
 is unreliable: ranks may read the previous group's stale addresses), and accelerate's cached
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 WRITE_EVENTS = {
@@ -92,6 +94,7 @@ class Interrupted(Exception):
 
 
 def main(spec_path: str) -> None:
+    started = time.perf_counter()
     spec = json.loads(Path(spec_path).read_text())
     rank = int(os.environ.get("RANK", "0"))
     writes: list = []
@@ -141,10 +144,18 @@ def main(spec_path: str) -> None:
         GradientState._reset_state()
         common.finish = finish if i == last else finish_keeping_group
         stop_at[0] = run.get("interrupt_after_checkpoint")
+        t0 = time.perf_counter()
         try:
-            run_stage(run["stage"], run["config"])
+            if "argv" in run:
+                from rto.cli import main as cli_main
+
+                if cli_main(run["argv"]) != 0:
+                    raise SystemExit(f"rto {' '.join(run['argv'])} failed")
+            else:
+                run_stage(run["stage"], run["config"])
         except Interrupted:
             seen[-1]["interrupted_at"] = stop_at[0]
+        seen[-1]["seconds"] = round(time.perf_counter() - t0, 2)
     import torch.distributed as dist
 
     if dist.is_initialized():  # the last run was interrupted before its finish()
@@ -152,7 +163,11 @@ def main(spec_path: str) -> None:
         dist.destroy_process_group()
     report = Path(spec["report"])
     report.mkdir(parents=True, exist_ok=True)
-    (report / f"rank{rank}.json").write_text(json.dumps({"runs": seen, "writes": writes}, indent=1))
+    (report / f"rank{rank}.json").write_text(
+        json.dumps(
+            {"runs": seen, "writes": writes, "seconds": round(time.perf_counter() - started, 2)}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from rto.config import PPOConfig
 from rto.trainers.ppo import train_ppo
 from tests.trainers.helpers import prompt_rows, read_metrics, write_jsonl
 
-from dist_launch import eos_prone_gpt2, launch, max_weight_diff, save, score_gpt2  # isort: skip
+from dist_launch import eos_prone_gpt2, launch, max_weight_diff, one_thread, save, score_gpt2  # isort: skip
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -70,8 +70,9 @@ def runs(tmp_path_factory, tiny_tokenizer):
         watch=[two],
     )
     # 1 process holds the whole batch; no accumulation (micro-batch = mini-batch)
-    train_ppo(PPOConfig(**dict(rto, output_dir=str(one / "rto"), per_device_micro_batch_size=0)))
-    train_ppo(PPOConfig(**dict(rpp, output_dir=str(one / "rpp"), per_device_micro_batch_size=0)))
+    with one_thread():
+        train_ppo(PPOConfig(**dict(rto, output_dir=str(one / "rto"), per_device_micro_batch_size=0)))
+        train_ppo(PPOConfig(**dict(rpp, output_dir=str(one / "rpp"), per_device_micro_batch_size=0)))
     return {"one": one, "two": two, "reports": reports}
 
 

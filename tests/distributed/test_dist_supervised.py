@@ -1,6 +1,7 @@
 """SFT, reward model and DPO with gradient accumulation: per-device batch x accumulation x processes held
 constant (1 x 4 x 2, 2 x 4 x 1, 2 x 2 x 2) gives the same loss trajectory and the same final weights;
-a 2-process resume finishes like an uninterrupted 2-process run.
+a 2-process resume finishes like an uninterrupted 2-process run. The 2-process jobs are started with
+`accelerate launch --config_file configs/accelerate/ddp_cpu.yaml`, the first one through the `rto` CLI.
 
 Two settings make "the same" well defined rather than lucky:
 - dropout off (SFT's default keeps it on): dropout masks are drawn per process and per micro-batch, so
@@ -20,7 +21,7 @@ import torch
 
 from tests.trainers.helpers import preference_rows, read_metrics, sft_rows, write_jsonl
 
-from dist_launch import launch, max_weight_diff, save  # isort: skip
+from dist_launch import cli_args, launch, max_weight_diff, one_thread, save  # isort: skip
 from dist_worker import run_stage  # isort: skip
 
 pytestmark = pytest.mark.skipif(
@@ -66,9 +67,15 @@ def runs(tmp_path_factory, tiny_tokenizer):
         },
         {"stage": "sft", "config": cfg("sft", "sft_resumed", 4, 1, save_steps=2, resume=True)},
     ]
-    reports = launch(two, root / "launch", watch=[root / n for n in ("sft_2x4x1", "sft_resumed")])
-    for s in STAGES:  # the 1-process references, in this process
-        run_stage(s, cfg(s, f"{s}_1x4x2", 4, 2))
+    two[0]["argv"] = cli_args("sft", two[0]["config"])  # the first run goes through `rto sft ...`
+    assert two[0]["config"]["output_dir"].endswith("sft_2x4x1")
+    # launched with `accelerate launch --config_file configs/accelerate/ddp_cpu.yaml` (PPO uses torchrun)
+    reports = launch(
+        two, root / "launch", watch=[root / n for n in ("sft_2x4x1", "sft_resumed")], launcher="accelerate"
+    )
+    with one_thread():
+        for s in STAGES:  # the 1-process references, in this process
+            run_stage(s, cfg(s, f"{s}_1x4x2", 4, 2))
     return {
         "root": root,
         "reports": reports,
