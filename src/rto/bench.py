@@ -54,11 +54,12 @@ class BenchConfig:
     """Time PPO and RTO iterations side by side, against the bare compute of the same shapes."""
 
     model_size: Literal["micro", "tiny", "small", "medium"] = "tiny"
-    """GPT-2 preset of the sentiment world (rto.tasks.sentiment): micro 0.24M, tiny 1.1M, small 3.7M,
-    medium 15M parameters at the default vocabulary. All five models (policy, reference, DPO, reward,
-    critic) have this size."""
+    """GPT-2 preset of the sentiment world (rto.tasks.sentiment), the same for all five models (policy,
+    reference, DPO, reward, critic): micro (64 wide, 2 layers), tiny (128, 4), small (256, 4), medium
+    (384, 8); about 0.18M, 0.95M, 3.5M and 14.7M parameters at the corpus's vocabulary."""
     vocab_size: int = 2048
-    """Size of the BPE vocabulary trained on the fly (the vocabulary dominates small-model cost)."""
+    """Upper bound of the BPE vocabulary trained on the fly; the generated review corpus runs out of
+    merges at about 1.1k tokens, which is then the vocabulary."""
     rollout_batch_size: int = 32
     """Prompts per iteration (one response each)."""
     mini_batch_size: int = 16
@@ -213,8 +214,13 @@ def _make_run(acc, pc, mode: str) -> _Run:
     return _Run(mode, pc, ms, policy, critic, actor_opt, critic_opt, actor_sched, critic_sched, pc.beta2)
 
 
-def _pass_namer(table: dict[int, str]):
+def _pass_namer(table: dict[int, str], adapters: dict[str, str] | None = None):
+    """Name a scoring call by the model it runs (or, for a shared LoRA base, by the adapter it selects)."""
+
     def name_of(model, *args, **kwargs):
+        adapter = kwargs.get("adapter")
+        if adapter and adapters:
+            return adapters.get(adapter)
         return table.get(id(model))
 
     return name_of
@@ -231,15 +237,17 @@ def _instrument_scoring(timer, run: _Run, policy, critic):
     logp_names = {id(policy): "score.policy", id(ms.ref): "score.ref"}
     if ms.dpo is not None:
         logp_names[id(ms.dpo)] = "score.dpo"
+    adapters = {a: n for a, n in ((ms.ref_adapter, "score.ref"), (ms.dpo_adapter, "score.dpo")) if a}
+    rm_names = {id(critic) if ms.reward_in_critic else id(ms.reward): "score.rm"}
     with (
-        patched(ppo, "response_logps", timer.wrap(ppo.response_logps, _pass_namer(logp_names))),
+        patched(ppo, "response_logps", timer.wrap(ppo.response_logps, _pass_namer(logp_names, adapters))),
         patched(
             models, "token_scores", timer.wrap(models.token_scores, _pass_namer({id(critic): "score.critic"}))
         ),
         patched(
             models,
             "sequence_scores",
-            timer.wrap(models.sequence_scores, _pass_namer({id(ms.reward): "score.rm"})),
+            timer.wrap(models.sequence_scores, _pass_namer(rm_names)),
         ),
     ):
         yield
@@ -302,8 +310,21 @@ def _iteration(acc, run: _Run, items, indices, it: int, timer, tok_calls: dict[s
             exp = ppo.gather_experience(acc, exp, pad_id)
         with timer.phase("targets"):
             tg = ppo.compute_targets(pc, ms, exp, run.kl_coef, delim)
-            for name, t in (("token rewards", tg.rewards.total), ("advantages", tg.advantages)):
-                common.check_finite(name, t, it + 1)
+            valid = exp.mask.bool()  # the trainer's non-finite guard, same quantities
+            bad = common.first_nonfinite(
+                {
+                    "reward-model scores": exp.scores,
+                    "policy log-probs": exp.logps[valid],
+                    "reference log-probs": exp.ref_logps[valid],
+                    "DPO log-probs": None if exp.dpo_logps is None else exp.dpo_logps[valid],
+                    "critic values": exp.values[valid],
+                    "token rewards": tg.rewards.total,
+                    "advantages": tg.advantages,
+                    "returns": tg.returns,
+                }
+            )
+            if bad is not None:
+                raise RtoError(f"bench: non-finite {bad} at iteration {it + 1}")
         with timer.phase("train"):
             ppo.ppo_update(
                 pc, acc, run.policy, run.critic, run.actor_opt, run.critic_opt, run.actor_sched,
@@ -580,6 +601,13 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 inference_ok &= out["inference_tensors"]
                 if it == 0:
                     _check_instrumentation(run, timer)
+                floor_s = sum(v for k, v in timer.seconds.items() if k.startswith("floor."))
+                print(
+                    f"[rto bench] round {it + 1}/{n_rounds}{' (warm-up)' if it < cfg.warmup_iterations else ''} "
+                    f"{mode}: iteration {timer.seconds['iteration']:.2f} s, floor {floor_s:.2f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if it >= cfg.warmup_iterations:
                     rec = {f"t.{k}": v for k, v in timer.seconds.items()}
                     rec.update(
