@@ -753,8 +753,8 @@ def compare_trl(cfg: BenchConfig, root: Path, items: list[dict], ppo_iteration_s
     n_updates = cfg.warmup_iterations + cfg.iterations
     B = cfg.rollout_batch_size
     args = TrlPPOConfig(
-        output_dir=str(root / "out_trl"), per_device_train_batch_size=cfg.mini_batch_size,
-        gradient_accumulation_steps=B // cfg.mini_batch_size, num_mini_batches=B // cfg.mini_batch_size,
+        output_dir=str(root / "out_trl"), per_device_train_batch_size=B,
+        gradient_accumulation_steps=1, num_mini_batches=B // cfg.mini_batch_size,
         local_rollout_forward_batch_size=B, total_episodes=n_updates * B, response_length=cfg.max_new_tokens,
         num_ppo_epochs=cfg.ppo_epochs, stop_token="eos", temperature=1.0, learning_rate=5e-7, kl_coef=0.01,
         num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=10**6, bf16=False, fp16=False,

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -184,3 +185,35 @@ def test_peak_memory_sees_a_large_allocation():
     after = mem.read()["rss_mb"]
     del x
     assert after >= before + (60 if mem.resettable else 0)
+
+
+def _record(scale: float, with_dpo: bool) -> dict[str, float]:
+    passes = ["policy", "ref", "critic", "rm"] + (["dpo"] if with_dpo else [])
+    rec = {f"t.score.{p}": 0.1 * scale for p in passes}
+    rec.update({f"t.floor.{p}": 0.09 * scale for p in passes})
+    rec.update({"t.generation": 1.0 * scale, "t.score": 0.1 * scale * len(passes) + 0.01, "t.targets": 0.01,
+                "t.train": 2.0 * scale, "t.floor.generation": 0.9 * scale, "t.floor.train": 1.9 * scale})  # fmt: skip
+    rec["t.iteration"] = rec["t.generation"] + rec["t.score"] + rec["t.targets"] + rec["t.train"] + 0.001
+    rec.update({"n.response_tokens": 100.0, "n.sequence_tokens": 150.0, "n.generated_steps": 5.0})
+    return rec
+
+
+@pytest.mark.parametrize("how", ["median", "mean", "min"])
+def test_summary_statistic_is_applied_per_column_and_consistent(how):
+    no_models = SimpleNamespace(policy=None, ref=None, dpo=None, reward=None, critic=None)
+    no_state = SimpleNamespace(state={})
+    run = bench._Run(
+        "rto", SimpleNamespace(ppo_epochs=2), no_models, None, None, no_state, no_state, None, None, 0
+    )
+    run.records = [_record(s, True) for s in (1.0, 3.0, 1.5)]
+    s = bench.summarize_mode(run, how)
+    pick = {"median": lambda xs: sorted(xs)[1], "mean": lambda xs: sum(xs) / 3, "min": min}[how]
+    iters = [r["t.iteration"] for r in run.records]
+    assert s["iteration_s"] == pytest.approx(pick(iters))
+    assert s["phases_s"]["generation"] == pytest.approx(pick([1.0, 3.0, 1.5]))
+    assert s["phases_s"]["score.other"] == pytest.approx(0.01)
+    assert s["phases_s"]["other"] == pytest.approx(0.001)
+    floors = [0.9 * x + 1.9 * x + 5 * 0.09 * x for x in (1.0, 3.0, 1.5)]
+    assert s["floor_s"]["total"] == pytest.approx(pick(floors))
+    assert s["iteration_over_floor"] == pytest.approx(s["iteration_s"] / s["floor_s"]["total"])
+    assert s["tokens_per_s"]["train"] == pytest.approx(150.0 * 2 / s["phases_s"]["train"])
