@@ -236,7 +236,8 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused(world, tmp_path):
 
 def test_resume_problems_are_explained(world, tmp_path, caplog):
     out = tmp_path / "o"
-    train_sft(_sft(world, out, max_steps=6))  # checkpoints at 2 and 4
+    train_sft(_sft(world, out, max_steps=6, save_total_limit=1))  # checkpoints at 2 and 4, keep the last
+    assert [p.name for p in common.list_checkpoints(out)] == ["step-00000004"]
     latest = out / "checkpoints" / "step-00000004"
     # changed settings are allowed but named
     with caplog.at_level("WARNING"):
