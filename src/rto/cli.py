@@ -42,6 +42,21 @@ COMMANDS: dict[str, Command] = {
         "rto.trainers.ppo:train_ppo",
         "PPO with token-wise rewards: RTO, PPO and variants",
     ),
+    "demo": Command(
+        "rto.demo:DemoConfig",
+        "rto.demo:run_demo",
+        "the controlled-sentiment experiment end to end: SFT, RM, DPO, PPO vs RTO, eval, report",
+    ),
+    "eval": Command(
+        "rto.eval:EvalConfig",
+        "rto.eval:run_eval",
+        "gold reward, win rate, KL, RM score, length and diversity of policies on held-out prompts",
+    ),
+    "label": Command(
+        "rto.label:LabelConfig",
+        "rto.label:run_label",
+        "sample response pairs from a policy and label them with a gold reward (Bradley-Terry)",
+    ),
     "bench": Command(
         "rto.bench:BenchConfig",
         "rto.bench:run_bench",

@@ -1,0 +1,659 @@
+"""`rto demo`: the controlled-sentiment experiment end to end, offline, on a CPU.
+
+    generate reviews + prompts -> tokenizer + tiny GPT-2 -> SFT (= pi_ref)
+    -> sample 2 responses per preference prompt from SFT, label them by Bradley-Terry on the gold reward
+    -> reward model and DPO (beta 0.1) on those labels only
+    -> PPO and RTO from the SFT model, same prompts, rollout budget, reference and reward model
+       (RTO adds the DPO model's token rewards), repeated for each RL seed
+    -> evaluation on held-out prompts (rto.eval) -> report.md, report.json, plots
+
+The SFT model, the preference data, the reward model and the DPO model are trained once and shared by
+every RL seed: the seeds measure the variation of the RL stage, which is what PPO and RTO differ in.
+The gold reward is read only by the labelling (through the labels), by evaluation, and to log the gold
+reward of each PPO iteration's rollout samples (a measurement: it never enters the update).
+
+Every stage writes under ``--out``; a stage whose folder holds a completed marker with the same settings
+is reused with ``--reuse`` (so a run can be continued, or only the report redone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from rto.errors import ConfigError, RtoError
+
+log = logging.getLogger(__name__)
+
+STAGE_MARKER = ".rto_demo_stage.json"
+
+# Budgets per preset. "default" must finish in under 10 minutes on 2 CPU cores (docs/demo.md has the
+# measured figure); "smoke" in about a minute; "test" is for the test suite.
+PRESETS: dict[str, dict[str, Any]] = {
+    "test": dict(
+        size="micro", seeds=1, n_reviews=400, sft_steps=25, sft_batch_size=16, n_pref_prompts=48,
+        n_eval_prompts=12, n_heldout_pairs=16, rm_epochs=1.0, dpo_epochs=1.0, pref_batch_size=16,
+        ppo_iterations=2, rollout_batch_size=16, mini_batch_size=8, eval_samples=1, best_of_n=4,
+        max_new_tokens=20,
+    ),
+    "smoke": dict(
+        size="micro", seeds=1, n_reviews=2000, sft_steps=150, sft_batch_size=32, n_pref_prompts=256,
+        n_eval_prompts=32, n_heldout_pairs=64, rm_epochs=2.0, dpo_epochs=2.0, pref_batch_size=32,
+        ppo_iterations=10, rollout_batch_size=32, mini_batch_size=16, eval_samples=2, best_of_n=8,
+        max_new_tokens=40,
+    ),
+    "default": dict(
+        size="tiny", seeds=2, n_reviews=5000, sft_steps=300, sft_batch_size=32, n_pref_prompts=1000,
+        n_eval_prompts=128, n_heldout_pairs=200, rm_epochs=2.0, dpo_epochs=2.0, pref_batch_size=32,
+        ppo_iterations=60, rollout_batch_size=64, mini_batch_size=16, eval_samples=2, best_of_n=16,
+        max_new_tokens=48,
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class DemoConfig:
+    """The controlled-sentiment experiment: SFT -> RM + DPO -> PPO vs RTO -> gold-reward evaluation and
+    report. Fields left unset take the preset's value."""
+
+    out: str = ""
+    """Output folder (default: runs/demo-<timestamp>)."""
+    preset: Literal["test", "smoke", "default"] = "default"
+    """Budget preset: default (< 10 min on 2 CPU cores), smoke (about a minute), test (seconds, for tests)."""
+    seeds: int | None = None
+    """Number of RL seeds: PPO and RTO are each trained once per seed (SFT, RM and DPO are shared)."""
+    size: Literal["micro", "tiny", "small", "medium"] | None = None
+    """GPT-2 size preset (micro 0.2M, tiny 1M, small 3.5M, medium 15M parameters)."""
+    gold_reward: str = "vader"
+    """Gold reward: 'vader' (VADER compound x well-formedness), 'module:function' or 'file.py:function'."""
+    seed: int = 0
+    """Seed of the data, the SFT/RM/DPO stages, labelling and evaluation; RL seed k uses seed + k."""
+    # --- budget ---
+    n_reviews: int | None = None
+    """Generated reviews the SFT model is trained on."""
+    sft_steps: int | None = None
+    """SFT optimizer steps."""
+    sft_batch_size: int | None = None
+    """SFT batch size."""
+    n_pref_prompts: int | None = None
+    """Prompts with one labelled response pair each: all the RM and DPO learn from."""
+    n_eval_prompts: int | None = None
+    """Held-out evaluation prompts (distinct openings never used for preferences or PPO)."""
+    n_heldout_pairs: int | None = None
+    """Extra labelled pairs on held-out prompts, never trained on: check the RM's and DPO's accuracy."""
+    rm_epochs: float | None = None
+    """Reward-model epochs over the preference pairs."""
+    dpo_epochs: float | None = None
+    """DPO epochs over the preference pairs."""
+    pref_batch_size: int | None = None
+    """Pairs per RM/DPO step."""
+    ppo_iterations: int | None = None
+    """PPO/RTO iterations (rollout + update), the same for both."""
+    rollout_batch_size: int | None = None
+    """Prompts per PPO/RTO iteration (rollout budget = iterations x this)."""
+    mini_batch_size: int | None = None
+    """Sequences per PPO/RTO optimizer step."""
+    eval_samples: int | None = None
+    """Responses per held-out prompt and policy at evaluation."""
+    best_of_n: int | None = None
+    """N of the best-of-N oracle from the SFT model at evaluation."""
+    max_new_tokens: int | None = None
+    """Longest response in tokens (labelling, PPO/RTO and evaluation)."""
+    # --- hyperparameters (chosen for this tiny world; docs/demo.md says how) ---
+    sft_lr: float = 3e-3
+    """SFT peak learning rate."""
+    rm_lr: float = 1e-3
+    """Reward-model learning rate."""
+    dpo_lr: float = 1e-3
+    """DPO learning rate."""
+    dpo_beta: float = 0.1
+    """DPO beta (also the scale of the DPO token rewards shown in the report)."""
+    tau: float = 0.1
+    """Bradley-Terry label temperature on the gold reward."""
+    actor_lr: float = 1e-4
+    """PPO/RTO actor learning rate (both methods)."""
+    critic_lr: float = 1e-3
+    """PPO/RTO critic learning rate (both methods)."""
+    ppo_epochs: int = 1
+    """PPO/RTO passes over each rollout (both methods)."""
+    beta1: float = 0.05
+    """RTO: weight of the DPO token reward (PPO uses 0)."""
+    beta2: float = 0.01
+    """Per-token KL penalty coefficient (both methods)."""
+    beta3: float = 1.0
+    """Weight of the normalised RM score at the last token (both methods)."""
+    # --- running ---
+    threads: int = 2
+    """torch CPU threads."""
+    reuse: bool = False
+    """Reuse stages already completed in --out with the same settings (continue a run, redo the report)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+BUDGET_FIELDS = tuple(PRESETS["default"])
+
+
+def resolve(cfg: DemoConfig) -> DemoConfig:
+    """A copy with every unset budget field taken from the preset, and checked."""
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"field 'preset' must be one of {', '.join(PRESETS)}, got {cfg.preset!r}")
+    preset = PRESETS[cfg.preset]
+    values = {k: (preset[k] if getattr(cfg, k) is None else getattr(cfg, k)) for k in BUDGET_FIELDS}
+    out = dataclasses.replace(cfg, **values)
+    if not out.out:
+        out.out = f"runs/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for name in BUDGET_FIELDS:
+        v = getattr(out, name)
+        if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0:
+            raise ConfigError(f"field '{name}' must be > 0, got {v}")
+    for name in (
+        "sft_lr",
+        "rm_lr",
+        "dpo_lr",
+        "dpo_beta",
+        "tau",
+        "actor_lr",
+        "critic_lr",
+        "threads",
+        "ppo_epochs",
+    ):
+        if not getattr(out, name) > 0:
+            raise ConfigError(f"field '{name}' must be > 0, got {getattr(out, name)}")
+    for name in ("beta1", "beta2", "beta3"):
+        if getattr(out, name) < 0:
+            raise ConfigError(f"field '{name}' must be >= 0, got {getattr(out, name)}")
+    if out.rollout_batch_size % out.mini_batch_size:
+        raise ConfigError(
+            f"field 'rollout_batch_size' ({out.rollout_batch_size}) must be a multiple of 'mini_batch_size' "
+            f"({out.mini_batch_size})"
+        )
+    if out.best_of_n < 2:
+        raise ConfigError(f"field 'best_of_n' must be >= 2, got {out.best_of_n}")
+    if out.n_pref_prompts < out.pref_batch_size:
+        raise ConfigError(
+            f"field 'n_pref_prompts' ({out.n_pref_prompts}) must be at least 'pref_batch_size' ({out.pref_batch_size})"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _stage_done(folder: Path, signature: dict) -> bool:
+    marker = folder / STAGE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("signature") == json.loads(json.dumps(signature))
+    except json.JSONDecodeError:
+        return False
+
+
+def _mark_done(folder: Path, signature: dict, seconds: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STAGE_MARKER).write_text(json.dumps({"signature": signature, "seconds": seconds}, indent=1))
+
+
+def _stage_seconds(folder: Path) -> float | None:
+    try:
+        return float(json.loads((folder / STAGE_MARKER).read_text())["seconds"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def split_prompts(n_train: int, n_eval: int, seed: int) -> tuple[list[str], list[str]]:
+    """Held-out prompts: the first ``n_eval`` distinct openings of one prompt stream. Training prompts:
+    ``n_train`` draws of another stream with every held-out opening removed (so they are disjoint;
+    repeats among training prompts are kept, as in the corpus)."""
+    from rto.tasks.sentiment import generate_prompts
+
+    eval_prompts: list[str] = []
+    seen: set[str] = set()
+    stream_seed = seed + 10_000
+    while len(eval_prompts) < n_eval:
+        for p in generate_prompts(max(4 * n_eval, 256), seed=stream_seed):
+            if p not in seen:
+                seen.add(p)
+                eval_prompts.append(p)
+                if len(eval_prompts) == n_eval:
+                    break
+        stream_seed += 1
+        if stream_seed > seed + 10_050:
+            raise RtoError(f"could not find {n_eval} distinct evaluation prompts")
+    train: list[str] = []
+    stream_seed = seed
+    while len(train) < n_train:
+        train.extend(p for p in generate_prompts(2 * n_train, seed=stream_seed) if p not in seen)
+        stream_seed += 1
+    return train[:n_train], eval_prompts
+
+
+def gold_hook(gold_fn: Callable) -> Callable:
+    """PPO rollout hook: the gold reward of the rollout samples, logged per iteration (measurement only)."""
+    import numpy as np
+
+    def hook(iteration: int, prompts: list[str], responses: list[str]) -> dict[str, float]:
+        g = np.asarray(gold_fn(prompts, responses), dtype=float)
+        return {"gold": float(g.mean()), "gold_std": float(g.std())}
+
+    return hook
+
+
+# ----------------------------------------------------------------------------- DPO token rewards
+
+
+def dpo_token_rewards(
+    dpo, ref, tokenizer, prompts: list[str], responses: list[str], beta: float, batch_size=64
+):
+    """For each (prompt, response): the response tokens (with EOS) and beta * (log pi_dpo - log pi_ref)
+    of each token. Tokenized as in training (prompt and completion separately, one EOS)."""
+    import torch
+
+    from rto import models
+    from rto.data.collate import pad_sequences
+    from rto.data.tokenize import encode_completion, encode_prompt
+
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        ps, rs = prompts[start : start + batch_size], responses[start : start + batch_size]
+        p_ids = [encode_prompt(tokenizer, p) for p in ps]
+        c_ids = [encode_completion(tokenizer, r) for r in rs]
+        seqs = [a + b for a, b in zip(p_ids, c_ids)]
+        ids = pad_sequences(seqs, tokenizer.pad_token_id, side="right")
+        attn = pad_sequences([[1] * len(s) for s in seqs], 0, side="right")
+        with torch.inference_mode():
+            lp_dpo = models.response_token_logps(dpo, ids, attn)
+            lp_ref = models.response_token_logps(ref, ids, attn)
+        for b, (pi, ci) in enumerate(zip(p_ids, c_ids)):
+            sl = slice(len(pi) - 1, len(pi) - 1 + len(ci))
+            r = (beta * (lp_dpo[b, sl] - lp_ref[b, sl])).tolist()
+            toks = [tokenizer.decode([t]) for t in ci]
+            out.append({"tokens": toks, "rewards": r, "total": float(sum(r))})
+    return out
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+class Pipeline:
+    """Runs the stages in order, timing each and skipping completed ones under --reuse."""
+
+    def __init__(self, cfg: DemoConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # process CPU seconds: a load-independent measure of the work
+        self.info: dict[str, Any] = {}
+
+    def stage(self, name: str, folder: Path, signature: dict, fn: Callable[[], Any]) -> None:
+        if self.cfg.reuse and _stage_done(folder, signature):
+            secs = _stage_seconds(folder)
+            log.info("[demo] %s: reusing %s", name, folder)
+            self.timings[name] = secs if secs is not None else 0.0
+            return
+        t0, c0 = time.perf_counter(), time.process_time()
+        print(f"\n== {name} ==", flush=True)
+        fn()
+        secs = time.perf_counter() - t0
+        self.timings[name] = secs
+        self.cpu[name] = time.process_time() - c0
+        _mark_done(folder, signature, secs)
+        print(f"== {name}: {secs:.1f}s (CPU {self.cpu[name]:.1f}s)", flush=True)
+
+
+def _common_train(cfg: DemoConfig) -> dict:
+    return dict(progress=cfg.progress, logging_steps=1, save_total_limit=1)
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """`rto demo`: returns the output folder (report.md, report.json, plots/ and every stage inside)."""
+    import torch
+
+    cfg = resolve(cfg)
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.reuse:
+        raise RtoError(
+            f"output folder '{out}' is not empty: pass --reuse to continue that run, or another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_transformers()
+    from rto.config import save_config
+
+    save_config(cfg, out)
+    t_start = time.perf_counter()
+    pipe = Pipeline(cfg)
+    from rto.tasks.gold import load_gold_reward
+
+    gold_fn = load_gold_reward(cfg.gold_reward)
+    load_avg_start = _loadavg()
+    print(
+        f"rto demo: preset {cfg.preset}, model {cfg.size}, {cfg.seeds} RL seed(s), gold reward {cfg.gold_reward}, "
+        f"out {out}, {cfg.threads} torch threads, load average {load_avg_start}",
+        flush=True,
+    )
+
+    data = out / "data"
+    pipe.stage("data", data, _sig(cfg, "n_reviews", "n_pref_prompts", "n_eval_prompts", "ppo_iterations",
+                                  "rollout_batch_size", "seed"), lambda: stage_data(cfg, data))  # fmt: skip
+    init = out / "init"
+    pipe.stage("model", init, _sig(cfg, "n_reviews", "size", "seed"), lambda: stage_init(cfg, data, init))
+    sft = out / "sft"
+    pipe.stage("sft", sft, _sig(cfg, "n_reviews", "size", "seed", "sft_steps", "sft_batch_size", "sft_lr"),
+               lambda: stage_sft(cfg, init, data, sft))  # fmt: skip
+    base_sig = _sig(cfg, "n_reviews", "size", "seed", "sft_steps", "sft_batch_size", "sft_lr")
+    label_sig = {**base_sig, **_sig(cfg, "n_pref_prompts", "n_eval_prompts", "n_heldout_pairs", "tau",
+                                    "max_new_tokens", "gold_reward")}  # fmt: skip
+    labels = out / "data" / "labels"
+    pipe.stage("label", labels, label_sig, lambda: stage_label(cfg, sft, data, labels, gold_fn))
+    rm = out / "rm"
+    pipe.stage("rm", rm, {**label_sig, **_sig(cfg, "rm_epochs", "rm_lr", "pref_batch_size")},
+               lambda: stage_rm(cfg, sft, labels, rm))  # fmt: skip
+    dpo = out / "dpo"
+    pipe.stage("dpo", dpo, {**label_sig, **_sig(cfg, "dpo_epochs", "dpo_lr", "dpo_beta", "pref_batch_size")},
+               lambda: stage_dpo(cfg, sft, labels, dpo))  # fmt: skip
+    rl_sig = {
+        **label_sig,
+        **_sig(cfg, "rm_epochs", "rm_lr", "dpo_epochs", "dpo_lr", "dpo_beta", "pref_batch_size", "ppo_iterations",
+               "rollout_batch_size", "mini_batch_size", "actor_lr", "critic_lr", "ppo_epochs", "beta1", "beta2",
+               "beta3"),
+    }  # fmt: skip
+    runs: dict[str, Path] = {}
+    for k in range(cfg.seeds):
+        for mode in ("ppo", "rto"):
+            folder = out / f"{mode}-seed{k}"
+            runs[f"{mode}-seed{k}"] = folder
+            pipe.stage(f"{mode} seed {k}", folder, {**rl_sig, "rl_seed": cfg.seed + k},
+                       lambda m=mode, k=k, f=folder: stage_rl(cfg, m, k, sft, rm, dpo, data, f, gold_fn))  # fmt: skip
+    eval_dir = out / "eval"
+    eval_sig = {**rl_sig, "seeds": cfg.seeds, **_sig(cfg, "eval_samples", "best_of_n")}
+    pipe.stage("eval", eval_dir, eval_sig,
+               lambda: stage_eval(cfg, sft, rm, dpo, runs, data, labels, eval_dir, gold_fn))  # fmt: skip
+    pipe.info["load_average_start"] = load_avg_start
+    pipe.info["load_average_end"] = _loadavg()
+    total = time.perf_counter() - t_start
+    from rto.report import build_report
+
+    t0 = time.perf_counter()
+    print("\n== report ==", flush=True)
+    run_info = {
+        "config": dataclasses.asdict(cfg),
+        "timings_s": {**pipe.timings},
+        "cpu_s": {**pipe.cpu},
+        "total_s_before_report": total,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": cfg.threads,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average_start": load_avg_start,
+            "load_average_end": pipe.info["load_average_end"],
+        },
+        "reused_stages": cfg.reuse,
+    }
+    report = build_report(out, run_info)
+    pipe.timings["report"] = time.perf_counter() - t0
+    total = time.perf_counter() - t_start
+    report["run"]["timings_s"]["report"] = pipe.timings["report"]
+    report["run"]["total_s"] = total
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    from rto.report.tables import summary_text
+
+    print("\n" + summary_text(report), flush=True)
+    print(f"\nrto demo: done in {total / 60:.1f} min -> {out / 'report.md'}", flush=True)
+    return out
+
+
+def _sig(cfg: DemoConfig, *names: str) -> dict:
+    return {n: getattr(cfg, n) for n in names}
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _quiet_transformers() -> None:
+    """Model loading and saving print their own progress bars and init notices: noise in the demo."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_data(cfg: DemoConfig, data: Path) -> None:
+    from rto.tasks.sentiment import generate_examples
+
+    examples = generate_examples(cfg.n_reviews, seed=cfg.seed)
+    write_jsonl(data / "sft.jsonl", examples)
+    n_rl = cfg.ppo_iterations * cfg.rollout_batch_size
+    train, held_out = split_prompts(max(cfg.n_pref_prompts, n_rl), cfg.n_eval_prompts, cfg.seed)
+    write_jsonl(data / "prompts_train.jsonl", [{"prompt": p} for p in train])
+    write_jsonl(data / "prompts_eval.jsonl", [{"prompt": p} for p in held_out])
+    print(
+        f"{len(examples)} reviews; {len(train)} training prompts ({len(set(train))} distinct openings), "
+        f"{len(held_out)} held-out prompts (disjoint)"
+    )
+
+
+def stage_init(cfg: DemoConfig, data: Path, init: Path) -> None:
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from rto.tasks.sentiment import build_sentiment_tokenizer, tiny_gpt2_config
+
+    rows = read_jsonl(data / "sft.jsonl")
+    tok = build_sentiment_tokenizer(r["prompt"] + r["completion"] for r in rows)
+    torch.manual_seed(cfg.seed)
+    model = GPT2LMHeadModel(tiny_gpt2_config(tok, cfg.size))
+    model.save_pretrained(init)
+    tok.save_pretrained(init)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"tokenizer: {len(tok)} tokens; GPT-2 '{cfg.size}': {n / 1e6:.2f}M parameters")
+
+
+def stage_sft(cfg: DemoConfig, init: Path, data: Path, sft: Path) -> None:
+    from rto.config import SFTConfig
+    from rto.trainers.sft import train_sft
+
+    train_sft(
+        SFTConfig(
+            model=str(init), data=str(data / "sft.jsonl"), output_dir=str(sft), seed=cfg.seed,
+            learning_rate=cfg.sft_lr, max_steps=cfg.sft_steps, per_device_batch_size=cfg.sft_batch_size,
+            warmup_ratio=0.05, max_length=128, **_common_train(cfg),
+        )
+    )  # fmt: skip
+
+
+def _load_lm(path: Path):
+    from rto import models
+
+    tok = models.load_tokenizer(str(path), padding_side="left")
+    model = models.freeze(models.load_causal_lm(str(path), tok))
+    models.disable_dropout(model)
+    return tok, model
+
+
+def stage_label(cfg: DemoConfig, sft: Path, data: Path, labels: Path, gold_fn: Callable) -> None:
+    from rto.label import label_pairs, label_stats, write_preferences
+
+    tok, model = _load_lm(sft)
+    train = [r["prompt"] for r in read_jsonl(data / "prompts_train.jsonl")][: cfg.n_pref_prompts]
+    held_out = [r["prompt"] for r in read_jsonl(data / "prompts_eval.jsonl")]
+    kw = dict(tau=cfg.tau, max_new_tokens=cfg.max_new_tokens, batch_size=256)
+    prefs, train_stats = label_pairs(model, tok, train, gold_fn, seed=cfg.seed, **kw)
+    write_preferences(labels / "preferences.jsonl", prefs)
+    # Held-out pairs: on the evaluation prompts (never trained on), to check the learned rewards.
+    per = -(-cfg.n_heldout_pairs // len(held_out))
+    extra, extra_stats = label_pairs(
+        model, tok, held_out, gold_fn, pairs_per_prompt=per, seed=cfg.seed + 1, **kw
+    )
+    extra = extra._replace(rows=extra.rows[: cfg.n_heldout_pairs], gold=extra.gold[: cfg.n_heldout_pairs])
+    write_preferences(labels / "heldout_pairs.jsonl", extra)
+    stats = {
+        "train": train_stats,
+        "heldout": label_stats(extra, extra_stats["empty_skipped"]),
+        "tau": cfg.tau,
+    }
+    (labels / "label_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    s = stats["train"]
+    print(
+        f"{s['pairs']} training pairs ({s['identical_skipped']} identical, {s['empty_skipped']} with an empty response "
+        "skipped); chosen has the higher gold in "
+        f"{s['agreement_with_gold']:.1%}; {stats['heldout']['pairs']} held-out pairs"
+    )
+
+
+def stage_rm(cfg: DemoConfig, sft: Path, labels: Path, rm: Path) -> None:
+    from rto.config import RewardConfig
+    from rto.trainers.reward import train_reward
+
+    train_reward(
+        RewardConfig(
+            model=str(sft), data=str(labels / "preferences.jsonl"), output_dir=str(rm), seed=cfg.seed,
+            learning_rate=cfg.rm_lr, num_epochs=cfg.rm_epochs, per_device_batch_size=cfg.pref_batch_size,
+            warmup_ratio=0.05, max_length=128, **_common_train(cfg),
+        )
+    )  # fmt: skip
+
+
+def stage_dpo(cfg: DemoConfig, sft: Path, labels: Path, dpo: Path) -> None:
+    from rto.config import DPOConfig
+    from rto.trainers.dpo import train_dpo
+
+    train_dpo(
+        DPOConfig(
+            model=str(sft), data=str(labels / "preferences.jsonl"), output_dir=str(dpo), seed=cfg.seed,
+            learning_rate=cfg.dpo_lr, num_epochs=cfg.dpo_epochs, per_device_batch_size=cfg.pref_batch_size,
+            beta=cfg.dpo_beta, warmup_ratio=0.05, max_length=128, **_common_train(cfg),
+        )
+    )  # fmt: skip
+
+
+def ppo_config(cfg: DemoConfig, mode: str, k: int, sft: Path, rm: Path, dpo: Path, data: Path, out: Path):
+    """The PPO/RTO config: identical for both methods except the reward mode (RTO: beta1 > 0, DPO model)."""
+    from rto.config import PPOConfig
+
+    return PPOConfig(
+        policy=str(sft), ref_model=str(sft), reward_model=str(rm),
+        dpo_model=str(dpo) if mode == "rto" else None, reward_mode=mode,
+        prompts=str(data / "prompts_train.jsonl"), output_dir=str(out), seed=cfg.seed + k,
+        beta1=cfg.beta1, beta2=cfg.beta2, beta3=cfg.beta3,
+        max_new_tokens=cfg.max_new_tokens, num_iterations=cfg.ppo_iterations,
+        rollout_batch_size=cfg.rollout_batch_size, mini_batch_size=cfg.mini_batch_size, ppo_epochs=cfg.ppo_epochs,
+        actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr, warmup_ratio=0.0, lr_scheduler="constant",
+        dump_rollouts=max(1, cfg.ppo_iterations // 4), progress=cfg.progress, max_prompt_length=64,
+    )  # fmt: skip
+
+
+def stage_rl(cfg, mode, k, sft, rm, dpo, data, folder, gold_fn) -> None:
+    from rto.trainers.ppo import train_ppo
+
+    train_ppo(ppo_config(cfg, mode, k, sft, rm, dpo, data, folder), rollout_hook=gold_hook(gold_fn))
+
+
+def stage_eval(cfg, sft, rm, dpo, runs, data, labels, eval_dir, gold_fn) -> None:
+    import numpy as np
+
+    from rto import models
+    from rto.eval import evaluate, format_table, write_eval
+
+    held_out = [r["prompt"] for r in read_jsonl(data / "prompts_eval.jsonl")]
+    policies = {"sft": str(sft), "dpo": str(dpo), **{n: str(p) for n, p in runs.items()}}
+    report, records = evaluate(
+        policies, held_out, str(sft), gold_fn, reward_model=str(rm), samples_per_prompt=cfg.eval_samples,
+        seeds=1, seed=cfg.seed + 777, max_new_tokens=cfg.max_new_tokens, best_of=cfg.best_of_n,
+        batch_size=128, progress=cfg.progress, gold_name=cfg.gold_reward,
+    )  # fmt: skip
+    write_eval(eval_dir, report, records)
+    print(format_table(report))
+
+    # The learned rewards on held-out pairs: accuracy of the RM and of DPO's implicit reward, and the
+    # token rewards beta * (log pi_dpo - log pi_ref) behind the report's pictures.
+    pairs = read_jsonl(labels / "heldout_pairs.jsonl")
+    gold = read_jsonl(labels / "heldout_pairs.gold.jsonl")
+    tok, ref = _load_lm(sft)
+    _, dpo_model = _load_lm(dpo)
+    prompts = [p["prompt"] for p in pairs]
+    chosen = dpo_token_rewards(dpo_model, ref, tok, prompts, [p["chosen"] for p in pairs], cfg.dpo_beta)
+    rejected = dpo_token_rewards(dpo_model, ref, tok, prompts, [p["rejected"] for p in pairs], cfg.dpo_beta)
+    rm_tok = models.load_tokenizer(str(rm), padding_side="right")
+    rm_model = models.freeze(models.load_score_model(str(rm), rm_tok))
+    rm_c = _rm_text_scores(rm_model, rm_tok, prompts, [p["chosen"] for p in pairs])
+    rm_r = _rm_text_scores(rm_model, rm_tok, prompts, [p["rejected"] for p in pairs])
+    rows = []
+    for i, p in enumerate(pairs):
+        rows.append(
+            {
+                "prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
+                "chosen_gold": gold[i]["chosen_gold"], "rejected_gold": gold[i]["rejected_gold"],
+                "dpo_chosen": chosen[i]["total"], "dpo_rejected": rejected[i]["total"],
+                "rm_chosen": rm_c[i], "rm_rejected": rm_r[i],
+                "chosen_tokens": chosen[i]["tokens"], "chosen_token_rewards": chosen[i]["rewards"],
+                "rejected_tokens": rejected[i]["tokens"], "rejected_token_rewards": rejected[i]["rewards"],
+            }
+        )  # fmt: skip
+    write_jsonl(eval_dir / "heldout_pairs_scored.jsonl", rows)
+    dc = np.array([r["dpo_chosen"] for r in rows])
+    dr = np.array([r["dpo_rejected"] for r in rows])
+    print(
+        f"held-out pairs: DPO implicit reward ranks chosen first in {np.mean(dc > dr):.1%}, "
+        f"RM in {np.mean(np.array(rm_c) > np.array(rm_r)):.1%}"
+    )
+
+
+def _rm_text_scores(
+    rm, rm_tok, prompts: list[str], responses: list[str], batch_size: int = 128
+) -> list[float]:
+    import torch
+
+    from rto import models
+    from rto.data.collate import pad_sequences
+    from rto.data.tokenize import encode_completion, encode_prompt
+
+    out: list[float] = []
+    for s in range(0, len(prompts), batch_size):
+        seqs = [
+            encode_prompt(rm_tok, p) + encode_completion(rm_tok, r)
+            for p, r in zip(prompts[s : s + batch_size], responses[s : s + batch_size])
+        ]
+        ids = pad_sequences(seqs, rm_tok.pad_token_id, side="right")
+        attn = pad_sequences([[1] * len(x) for x in seqs], 0, side="right")
+        with torch.inference_mode():
+            out.extend(models.sequence_scores(rm, ids, attn).tolist())
+    return out
+
+
+__all__ = ["DemoConfig", "PRESETS", "run_demo", "resolve", "split_prompts", "dpo_token_rewards"]
