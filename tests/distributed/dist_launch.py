@@ -52,13 +52,26 @@ def cli_args(stage: str, config: dict) -> list[str]:
     return argv
 
 
+def kill_launch(proc: subprocess.Popen, report: Path) -> None:
+    """Kill what a launch left running: the launcher's session, and the workers, which torch's launcher
+    starts in sessions of their own (each worker writes its pid at start; see dist_worker.py)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for pid_file in report.glob("pid*"):
+        pid = int(pid_file.read_text())
+        with contextlib.suppress(OSError):
+            if WORKER.name in Path(f"/proc/{pid}/cmdline").read_text():
+                os.kill(pid, signal.SIGKILL)
+
+
 def launch(
     runs: list[dict],
     workdir: Path,
     nproc: int = 2,
     watch: list[Path] = (),
     launcher: str = "torchrun",
-    timeout: float = 300,
+    timeout: float = 240,
 ) -> list:
     """Run `runs` (see dist_worker.py) in one multi-process launch; returns the per-rank reports.
 
@@ -78,27 +91,21 @@ def launch(
     else:
         raise ValueError(launcher)
     cmd += [str(WORKER), str(spec)]
-    # Own session: on a timeout or failure the launcher and every worker it started go down together
-    # (a rank stuck in a collective would otherwise outlive the test).
-    proc = subprocess.Popen(
-        cmd,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        raise AssertionError(f"{launcher} timed out after {timeout} s:\n{stderr[-8000:]}") from None
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of a failed launch
+    # Output goes to files, not pipes: a worker that outlives its launcher must not keep us waiting.
+    log_out, log_err = workdir / "stdout.log", workdir / "stderr.log"
+    with log_out.open("w") as out, log_err.open("w") as err:
+        proc = subprocess.Popen(cmd, env=child_env(), stdout=out, stderr=err, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            kill_launch(proc, report)
     if proc.returncode != 0:
-        raise AssertionError(f"{launcher} failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-8000:]}")
+        what = "timed out" if proc.returncode == -signal.SIGKILL else f"failed ({proc.returncode})"
+        raise AssertionError(
+            f"{launcher} {what}:\n{log_out.read_text()[-4000:]}\n{log_err.read_text()[-8000:]}"
+        )
     return [json.loads((report / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 

@@ -97,6 +97,9 @@ def main(spec_path: str) -> None:
     started = time.perf_counter()
     spec = json.loads(Path(spec_path).read_text())
     rank = int(os.environ.get("RANK", "0"))
+    report = Path(spec["report"])
+    report.mkdir(parents=True, exist_ok=True)
+    (report / f"pid{rank}").write_text(str(os.getpid()))  # so that the test can kill a stuck worker
     writes: list = []
     if rank != 0:
         watch_writes(spec.get("watch", []), writes)
@@ -160,9 +163,8 @@ def main(spec_path: str) -> None:
 
     if dist.is_initialized():  # the last run was interrupted before its finish()
         dist.barrier()
+        time.sleep(0.2)  # as in common.finish: let gloo's threads release finished work first
         dist.destroy_process_group()
-    report = Path(spec["report"])
-    report.mkdir(parents=True, exist_ok=True)
     (report / f"rank{rank}.json").write_text(
         json.dumps(
             {"runs": seen, "writes": writes, "seconds": round(time.perf_counter() - started, 2)}, indent=1

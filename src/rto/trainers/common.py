@@ -8,6 +8,7 @@ global step sees do not depend on the number of processes, and a resume only nee
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -217,9 +218,32 @@ def make_scheduler(optimizer, cfg, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+@contextlib.contextmanager
+def accumulation_step(acc: Accelerator, model, last: bool):
+    """One micro-step of gradient accumulation. Non-final ones skip the gradient all-reduce (DDP, FSDP)
+    and, under DeepSpeed, the engine step: accelerate steps a DeepSpeed engine inside every `backward`
+    whose sync flag is set, so the flag is cleared until the last micro-step."""
+    if last:
+        yield
+        return
+    state = acc.gradient_state
+    state._set_sync_gradients(False)
+    try:
+        with acc.no_sync(model):
+            yield
+    finally:
+        state._set_sync_gradients(True)
+
+
 def clip_and_check_grads(acc: Accelerator, model, max_norm: float, step: int, name: str) -> float:
-    """Clip the gradient norm and return it; a non-finite norm raises NonFiniteError."""
+    """Clip the gradient norm and return it; a non-finite norm raises NonFiniteError.
+
+    Under DeepSpeed the engine has already clipped (its config's gradient_clipping) and stepped inside
+    the last `backward`; accelerate only reads its norm back (None when the engine has none: NaN here)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        norm = acc.clip_grad_norm_(params, max_norm)
+        return float("nan") if norm is None else float(norm)
     if max_norm and max_norm > 0:
         norm = acc.clip_grad_norm_(params, max_norm)
     else:
@@ -671,8 +695,15 @@ def _checked_final_write(fn: Callable) -> Callable:
 def save_hf_folder(
     acc: Accelerator, model, tokenizer, folder: str | Path, extra_config: dict | None = None
 ) -> None:
-    """An ordinary Hugging Face folder (safetensors), loadable without rto."""
+    """An ordinary Hugging Face folder (safetensors), loadable without rto.
+
+    Under sharded back-ends (DeepSpeed ZeRO-3, FSDP) each process holds a slice of the weights, so every
+    process takes part in gathering the full state dict first (untested here: no GPU)."""
     acc.wait_for_everyone()
+    is_peft = hasattr(acc.unwrap_model(model), "peft_config")
+    gathered = None
+    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP) and not is_peft:
+        gathered = acc.get_state_dict(model)
     if acc.is_main_process:
         unwrapped = acc.unwrap_model(model)
         adapter_tmp = None
@@ -687,7 +718,7 @@ def save_hf_folder(
         tmp = folder / ".tmp-model"  # inside the folder: a crash leaves nothing outside the output folder
         if tmp.exists():
             shutil.rmtree(tmp)
-        unwrapped.save_pretrained(tmp, safe_serialization=True)
+        unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=gathered)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if adapter_tmp is not None:
@@ -703,8 +734,15 @@ def save_hf_folder(
 
 
 def finish(acc: Accelerator) -> None:
-    """Clean shutdown: trackers, then the process group (avoids aborts at exit, SPEC section 7)."""
+    """Clean shutdown: trackers, then the process group (avoids aborts at exit, SPEC section 7).
+
+    The pause before destroying a gloo group lets its worker threads release the collectives that just
+    finished: releasing one can need the GIL, and the group's destructor holds the GIL while it joins
+    those threads, so destroying too early deadlocked a 2-process run here (a rank hung at exit)."""
     acc.wait_for_everyone()
+    if acc.num_processes > 1 and torch.distributed.is_initialized():
+        if torch.distributed.get_backend() == "gloo":
+            time.sleep(0.2)  # sleeping releases the GIL
     acc.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

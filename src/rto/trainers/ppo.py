@@ -16,7 +16,6 @@ and mini-batches are the same global sets of samples whatever the number of proc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -323,6 +322,30 @@ def compute_targets(
 # ----------------------------------------------------------------------------- the trainer
 
 
+def check_distributed_support(acc, with_critic: bool) -> None:
+    """Fail at start-up, with a reason, under the accelerate back-ends PPO is not wired for.
+
+    Sharded weights (ZeRO-3, FSDP) would hang or mis-sample: each process stops generating when its
+    own rows have ended, while every forward of a sharded model is a collective (see
+    docs/distributed.md). Under DeepSpeed, accelerate prepares one model per engine and sends every
+    `backward` to the first engine, so a policy and a critic cannot both be trained."""
+    kind = str(getattr(acc.distributed_type, "value", acc.distributed_type))
+    if kind == "FSDP":
+        raise RtoError("rto ppo does not support FSDP yet (sampling needs whole weights); use DDP")
+    if kind == "DEEPSPEED":
+        plugin = getattr(acc.state, "deepspeed_plugin", None)
+        stage = getattr(plugin, "zero_stage", None)
+        if stage == 3:
+            raise RtoError(
+                "rto ppo does not support DeepSpeed ZeRO-3 yet (sampling needs whole weights); use DDP"
+            )
+        if with_critic:
+            raise RtoError(
+                "rto ppo with a critic (advantage 'gae') cannot run under DeepSpeed: accelerate drives one "
+                "engine per Accelerator; use DDP, or --advantage reinforce++ (no critic)"
+            )
+
+
 def _optim_setup(cfg, model, lr, total_steps):
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -339,6 +362,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     """Train; returns the output folder (policy there, critic in ./critic)."""
     validate_config(cfg)
     acc = common.make_accelerator(cfg)
+    check_distributed_support(acc, with_critic=cfg.advantage == "gae")
     if cfg.mini_batch_size % acc.num_processes:
         raise RtoError(
             f"field 'mini_batch_size' ({cfg.mini_batch_size}) must be divisible by the number of processes "
@@ -577,7 +601,7 @@ def ppo_update(
                 sync = k == len(chunks) - 1
                 stats: dict[str, float] = {}
                 if train_actor:
-                    with acc.no_sync(policy) if not sync else contextlib.nullcontext():
+                    with common.accumulation_step(acc, policy, last=sync):
                         logits = models.causal_lm_logits(policy, ids, attn)
                         logps = shifted_token_logprobs(logits, ids, cfg.temperature)[:, P - 1 :]
                         pl, pstats = ppo_policy_loss(
@@ -597,7 +621,7 @@ def ppo_update(
                         **{k2: float(v) for k2, v in pstats.items()},
                     )
                 if critic is not None:
-                    with acc.no_sync(critic) if not sync else contextlib.nullcontext():
+                    with common.accumulation_step(acc, critic, last=sync):
                         values = models.token_scores(critic, ids, attn)[:, P - 1 : P - 1 + R]
                         vl, vstats = value_loss(values, exp.values[r], tg.returns[r], mask, cfg.value_clip)
                         if not torch.isfinite(vl) and cfg.on_nonfinite == "stop":  # skip: see grads

@@ -9,7 +9,6 @@ processes, hence the factor num_processes).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,8 +92,7 @@ def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done
     sums: dict[str, float] = {}
     bad_loss = False
     for k, mb in enumerate(micro):
-        ctx = acc.no_sync(model) if k < len(micro) - 1 else contextlib.nullcontext()
-        with ctx:
+        with common.accumulation_step(acc, model, last=k == len(micro) - 1):
             loss_sum, metric_sums = stage.loss_sums(model, mb)
             loss = loss_sum / global_count * acc.num_processes
             if not bool(torch.isfinite(loss)):
