@@ -57,6 +57,11 @@ COMMANDS: dict[str, Command] = {
         "rto.label:run_label",
         "sample response pairs from a policy and label them with a gold reward (Bradley-Terry)",
     ),
+    "experiment": Command(
+        "rto.experiments:ExperimentConfig",
+        "rto.experiments:run_experiment",
+        "the paper's claims at small scale: --name data-scaling | variants | sweep | token-sources",
+    ),
     "bench": Command(
         "rto.bench:BenchConfig",
         "rto.bench:run_bench",

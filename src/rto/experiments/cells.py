@@ -1,0 +1,147 @@
+"""Cells: the unit of work of an experiment, cached on disk by the hash of their configuration.
+
+A cell is a pure function of its spec (a JSON-able dict: what to run, with which settings and seed).
+Its folder is ``<out>/cells/<hash>/``; ``result.json`` there, written atomically (temp file + rename),
+marks it finished. Running an experiment again computes only the cells without a result, so an
+interrupted run continues where it stopped. Every computation appends one line to ``<out>/cells.log``,
+which is how a test (or a user) sees what actually ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULT = "result.json"
+
+
+def cell_hash(spec: dict) -> str:
+    """Stable 16-hex-digit hash of a spec: key order does not matter, values are compared as JSON
+    (1 and 1.0 differ on purpose: the spec is written by code, not by hand)."""
+    blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cell_dir(out: str | Path, spec: dict) -> Path:
+    return Path(out) / "cells" / cell_hash(spec)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """A reader never sees half a file: write beside it, fsync, rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_result(out: str | Path, spec: dict) -> dict | None:
+    path = cell_dir(out, spec) / RESULT
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _run_one(out: str, spec: dict, func: str) -> dict:
+    """Compute one cell (in this or a worker process) and store its result."""
+    import importlib
+
+    folder = cell_dir(out, spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
+    module, name = func.split(":")
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = getattr(importlib.import_module(module), name)(spec, folder)
+    result = {
+        **result,
+        "spec": spec,
+        "hash": cell_hash(spec),
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
+    }
+    write_json_atomic(folder / RESULT, result)
+    with (Path(out) / "cells.log").open("a") as f:
+        f.write(
+            json.dumps({"hash": cell_hash(spec), "kind": spec.get("kind"), "wall_s": result["wall_s"]}) + "\n"
+        )
+    return result
+
+
+def _worker_init(threads: int) -> None:
+    import logging
+
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def run_cells(
+    out: str | Path,
+    specs: Sequence[dict],
+    func: str,
+    workers: int = 1,
+    threads: int = 1,
+    on_done: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Results of ``specs`` in order: cached ones read from disk, the rest computed by ``func``
+    ("module:function" taking (spec, folder) and returning a JSON-able dict), in ``workers`` processes.
+    Duplicate specs are computed once."""
+    out = str(out)
+    results: dict[str, dict] = {}
+    todo: dict[str, dict] = {}
+    for s in specs:
+        h = cell_hash(s)
+        if h in results or h in todo:
+            continue
+        cached = load_result(out, s)
+        if cached is not None:
+            results[h] = cached
+        else:
+            todo[h] = s
+    if todo:
+        print(f"   {len(todo)} cell(s) to compute, {len(results)} cached", flush=True)
+    if workers <= 1 or len(todo) <= 1:
+        _worker_init(threads)
+        for h, s in todo.items():
+            results[h] = _run_one(out, s, func)
+            if on_done:
+                on_done(results[h])
+    elif todo:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(
+            min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        ) as pool:
+            futs = {pool.submit(_run_one, out, s, func): h for h, s in todo.items()}
+            for fut in as_completed(futs):
+                results[futs[fut]] = fut.result()
+                if on_done:
+                    on_done(results[futs[fut]])
+    return [results[cell_hash(s)] for s in specs]
+
+
+def computed_log(out: str | Path) -> list[dict]:
+    """The cells computed so far in ``out`` (one entry per computation, in order)."""
+    path = Path(out) / "cells.log"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

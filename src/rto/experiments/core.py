@@ -1,0 +1,228 @@
+"""The shared world and the three kinds of cell every experiment is built from.
+
+world   the demo's data, tokenizer, SFT model and Bradley-Terry labels (rto.demo stages, reused by
+        signature), under ``<out>/world``: shared by every cell of the experiment.
+pref    a reward model or a preference-trained policy (DPO, IPO, SimPO, R-DPO, TDPO) on the first
+        ``fraction`` of the labelled pairs.
+rl      one PPO-family run (reward mode, advantage, betas, seed) from the SFT model with the given RM and
+        token-reward model, then evaluated on the held-out prompts.
+eval    a fixed policy (SFT, an offline preference model) evaluated on the held-out prompts.
+
+Cell specs hold the resolved demo settings, so a changed world changes every hash downstream. Paths in a
+spec are relative to the experiment folder (``folder.parents[1]`` of a cell), so a moved folder still
+resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from rto.demo import DemoConfig
+
+# Demo settings that are process-level, not part of any result.
+_RUNTIME = ("out", "reuse", "progress", "workers", "threads", "preset")
+
+
+def demo_spec(dcfg: DemoConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(dcfg).items() if k not in _RUNTIME}
+
+
+def demo_from_spec(spec_demo: dict, world: Path) -> DemoConfig:
+    return DemoConfig(**spec_demo, out=str(world), progress=False, reuse=True, workers=1, threads=1)
+
+
+def build_world(dcfg: DemoConfig) -> Path:
+    """The demo's data, init, SFT and label stages under dcfg.out (skipped when already done)."""
+    from rto import demo
+
+    demo._quiet_transformers()
+    pipe = demo.Pipeline(dcfg)
+    sigs = demo.stage_signatures(dcfg)
+    root = Path(dcfg.out)
+    pipe.run(demo.Job("data", root / "data", sigs["data"], "stage_data"))
+    pipe.run(demo.Job("model", root / "init", sigs["model"], "stage_init"))
+    pipe.run(demo.Job("sft", root / "sft", sigs["sft"], "stage_sft"))
+    pipe.run(demo.Job("label", root / "data" / "labels", sigs["label"], "stage_label"))
+    return root
+
+
+def _out_of(folder: Path) -> Path:
+    return folder.parents[1]
+
+
+# ----------------------------------------------------------------------------- pref cells
+
+
+def pref_spec(
+    demo: dict, model: str, fraction: float = 1.0, loss_type: str = "sigmoid", beta: float | None = None
+):
+    """A reward model (model='rm') or a preference-trained policy (model='dpo', any --loss-type)."""
+    spec = {"kind": "pref", "demo": demo, "model": model, "fraction": fraction}
+    if model == "dpo":
+        spec.update(loss_type=loss_type, beta=demo["dpo_beta"] if beta is None else beta)
+    return spec
+
+
+def run_pref_cell(spec: dict, folder: Path) -> dict:
+    from rto.config import DPOConfig, RewardConfig
+    from rto.demo import read_jsonl, write_jsonl
+
+    out = _out_of(folder)
+    world = out / "world"
+    d = demo_from_spec(spec["demo"], world)
+    pairs = read_jsonl(world / "data" / "labels" / "preferences.jsonl")
+    n = max(d.pref_batch_size, round(len(pairs) * spec["fraction"]))
+    data = write_jsonl(folder / "preferences.jsonl", pairs[:n])
+    common = dict(
+        model=str(world / "sft"), data=str(data), output_dir=str(folder / "model"), seed=d.seed,
+        per_device_batch_size=d.pref_batch_size, warmup_ratio=0.05, max_length=128, progress=False,
+        logging_steps=1, save_total_limit=1,
+    )  # fmt: skip
+    if spec["model"] == "rm":
+        from rto.trainers.reward import train_reward
+
+        train_reward(RewardConfig(learning_rate=d.rm_lr, num_epochs=d.rm_epochs, **common))
+    else:
+        from rto.trainers.dpo import train_dpo
+
+        train_dpo(
+            DPOConfig(
+                learning_rate=d.dpo_lr, num_epochs=d.dpo_epochs, beta=spec["beta"], loss_type=spec["loss_type"],
+                **common,
+            )
+        )  # fmt: skip
+    return {"path": str((folder / "model").relative_to(out)), "n_pairs": len(pairs[:n])}
+
+
+# ----------------------------------------------------------------------------- rl cells
+
+
+def rl_spec(
+    demo: dict, mode: str, rm: dict, dpo: dict | None, seed: int, advantage: str = "gae", **overrides
+) -> dict:
+    """One PPO-family run. ``rm`` and ``dpo`` are the pref specs it uses (their hashes enter this hash);
+    ``overrides`` are PPOConfig fields (beta1, beta2, beta3, dpo_reward_clip)."""
+    from rto.experiments.cells import cell_hash
+
+    return {
+        "kind": "rl", "demo": demo, "mode": mode, "advantage": advantage, "seed": seed,
+        "rm": cell_hash(rm), "dpo": None if dpo is None or mode == "ppo" else cell_hash(dpo),
+        "overrides": dict(sorted(overrides.items())),
+    }  # fmt: skip
+
+
+def run_rl_cell(spec: dict, folder: Path) -> dict:
+    from rto.demo import gold_hook, ppo_config, read_jsonl
+    from rto.experiments.stats import passes_per_iteration, time_per_iteration
+    from rto.tasks.gold import load_gold_reward
+    from rto.trainers.ppo import train_ppo
+
+    out = _out_of(folder)
+    world = out / "world"
+    d = demo_from_spec(spec["demo"], world)
+    base = ppo_config(d, world, "ppo", spec["seed"])
+    cfg = dataclasses.replace(
+        base,
+        reward_mode=spec["mode"],
+        advantage=spec["advantage"],
+        reward_model=str(out / "cells" / spec["rm"] / "model"),
+        dpo_model=None if spec["dpo"] is None else str(out / "cells" / spec["dpo"] / "model"),
+        output_dir=str(folder / "policy"),
+        progress=False,
+        **spec["overrides"],
+    )
+    gold_fn = load_gold_reward(d.gold_reward)
+    train_ppo(cfg, rollout_hook=gold_hook(gold_fn))
+    metrics = read_jsonl(folder / "policy" / "metrics.jsonl")
+    curve = [r["gold"] for r in metrics if "gold" in r]
+    result = evaluate_policy(d, world, folder / "policy")
+    result.update(
+        train_gold_curve=curve,
+        final_train_gold=curve[-1] if curve else None,
+        time_per_iteration=time_per_iteration(folder / "policy" / "metrics.jsonl"),
+        passes_per_iteration=passes_per_iteration(
+            spec["mode"],
+            spec["advantage"],
+            d.ppo_epochs,
+            d.rollout_batch_size,
+            d.mini_batch_size,
+            d.max_new_tokens,
+        ),  # fmt: skip
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- eval cells
+
+
+def eval_spec(demo: dict, policy: dict | None) -> dict:
+    """A fixed policy: the SFT model (policy None) or the model of a pref cell."""
+    from rto.experiments.cells import cell_hash
+
+    return {"kind": "eval", "demo": demo, "policy": None if policy is None else cell_hash(policy)}
+
+
+def run_eval_cell(spec: dict, folder: Path) -> dict:
+    out = _out_of(folder)
+    world = out / "world"
+    d = demo_from_spec(spec["demo"], world)
+    path = world / "sft" if spec["policy"] is None else out / "cells" / spec["policy"] / "model"
+    return evaluate_policy(d, world, path)
+
+
+def evaluate_policy(d: DemoConfig, world: Path, policy: Path) -> dict:
+    """Per held-out prompt: mean gold, win fraction against SFT samples (same prompt and sample index,
+    ties half), KL to SFT and response length. The SFT samples use the same sampling seed in every cell,
+    so every method meets the same baseline."""
+    import numpy as np
+
+    from rto.demo import read_jsonl
+    from rto.eval import evaluate, win_outcomes
+    from rto.tasks.gold import load_gold_reward
+
+    prompts = [r["prompt"] for r in read_jsonl(world / "data" / "prompts_eval.jsonl")]
+    report, records = evaluate(
+        {"policy": str(policy)}, prompts, str(world / "sft"), load_gold_reward(d.gold_reward),
+        samples_per_prompt=d.eval_samples, seed=d.seed + 777, max_new_tokens=d.max_new_tokens, best_of=0,
+        batch_size=128, progress=False, gold_name=d.gold_reward,
+    )  # fmt: skip
+    base = report["baseline"]
+    P, K = len(prompts), d.eval_samples
+
+    def grid(name: str, key: str) -> np.ndarray:
+        a = np.full((P, K), np.nan)
+        for r in records:
+            if r["policy"] == name and r["sampling_seed"] == d.seed + 777:
+                a[r["prompt_index"], r["sample"]] = r[key]
+        return a
+
+    gold, gold_sft = grid("policy", "gold"), grid(base, "gold")
+    per_prompt = {
+        "gold": gold.mean(1).tolist(),
+        "win": win_outcomes(gold, gold_sft).mean(1).tolist(),
+        "kl": grid("policy", "kl").mean(1).tolist(),
+        "length": grid("policy", "length").mean(1).tolist(),
+    }
+    summary = report["policies"]["policy"]
+    keep = ("gold_mean", "gold_ci", "kl_mean", "length_mean", "eos_rate", "distinct_2", "rm_score_mean")
+    return {"per_prompt": per_prompt, "eval": {k: summary[k] for k in keep if k in summary}}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def run_cell(spec: dict, folder: Path) -> dict:
+    """Dispatch on the spec's kind (the function rto.experiments.cells.run_cells calls)."""
+    return {"pref": run_pref_cell, "rl": run_rl_cell, "eval": run_eval_cell}[spec["kind"]](spec, folder)
+
+
+def load_result_for(out: Path, spec: dict) -> dict:
+    from rto.experiments.cells import load_result
+
+    r = load_result(out, spec)
+    if r is None:
+        raise RuntimeError(f"cell {spec} has no result")
+    return r

@@ -1,0 +1,173 @@
+"""PNG plots and summary.md of an experiment's results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt(m: dict, key: str, digits: int = 3) -> str:
+    v = m.get(key)
+    if not v:
+        return "-"
+    lo, hi = v["ci"]
+    return f"{v['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def method_table(methods: dict) -> list[str]:
+    rows = [
+        "| method | seeds | gold [95% CI] | win vs SFT [95% CI] | KL to SFT [95% CI] | length | s/iter (gen/score/train) | passes/iter |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in methods.items():
+        t = m.get("time_per_iteration")
+        secs = f"{t['total']:.2f} ({t['generate']:.2f}/{t['score']:.2f}/{t['train']:.2f})" if t else "offline"
+        pp = m.get("passes_per_iteration")
+        passes = (
+            f"{pp['forward_equivalents']} fwd-eq ({pp['scoring_forwards_total']} score + "
+            f"{pp['train_forwards']} fwd/{pp['train_backwards']} bwd) + {pp['generation_token_forwards']} gen steps"
+            if pp
+            else "-"
+        )
+        seeds = f"{m['n_seeds']}" + (" (one seed)" if m["single_seed"] else "")
+        rows.append(
+            f"| {name} | {seeds} | {_fmt(m, 'gold')} | {_fmt(m, 'win')} | {_fmt(m, 'kl', 2)} | "
+            f"{m['length']['mean']:.1f} | {secs} | {passes} |"
+        )
+    return rows
+
+
+def write_summary(results: dict, path: Path) -> None:
+    lines = [
+        f"# rto experiment {results['experiment']} (preset {results['preset']})",
+        "",
+        f"Runtime {results['runtime_s'] / 60:.1f} min, {results['n_cells']} cells. {results['ci']}. "
+        "Gold = VADER sentiment x well-formedness of held-out samples (rto.eval). "
+        "'one seed' marks numbers whose interval covers prompt noise only.",
+        "",
+        *method_table(results["methods"]),
+        "",
+        "## Claims",
+        "",
+    ]
+    for c in results["claims"]:
+        lo, hi = c["ci"]
+        verdict = "holds" if c["holds"] else "does not hold"
+        one = " (one seed)" if c["single_seed"] else ""
+        lines.append(
+            f"- {c['claim']}: **{verdict}** here{one}. gold({c['a']}) - gold({c['b']}) = {c['diff']:+.3f} "
+            f"[{lo:+.3f}, {hi:+.3f}] ({c['verdict']})."
+        )
+    if not results["claims"]:
+        lines.append("- (no claim applies at this grid)")
+    lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in results.get("plots", [])]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _err(m: dict, key: str = "gold") -> tuple[float, float, float]:
+    v = m[key]
+    return v["mean"], v["mean"] - v["ci"][0], v["ci"][1] - v["mean"]
+
+
+def write_plots(name: str, results: dict, folder: Path) -> list[str]:
+    """Returns the plot paths relative to the experiment folder."""
+    plt = _plt()
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = results["methods"]
+    made: list[str] = []
+
+    def save(fig, stem: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / f"{stem}.png", dpi=110)
+        plt.close(fig)
+        made.append(f"plots/{stem}.png")
+
+    sft = methods.get("SFT", {}).get("gold", {}).get("mean")
+    if name == "data-scaling":
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for meth, color in (("PPO", "tab:blue"), ("RTO", "tab:red")):
+            pts = sorted((m["n_pairs"], *_err(m)) for m in methods.values() if m.get("method") == meth)
+            if pts:
+                x, y, lo, hi = zip(*pts)
+                ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=meth, color=color)
+        if sft is not None:
+            ax.axhline(sft, color="gray", ls="--", label="SFT")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("preference pairs (RM and DPO trained on these only)")
+        ax.set_ylabel("final gold reward (held-out, 95% CI)")
+        ax.legend()
+        save(fig, "gold_vs_data")
+    elif name == "sweep":
+        import numpy as np
+
+        grid = [m for m in methods.values() if "beta1" in m and m.get("dpo_reward_clip") is None]
+        center = next((m for m in grid if m.get("is_default")), None)
+        for a, b in (("beta1", "beta2"), ("beta1", "beta3"), ("beta2", "beta3")):
+            if center is None:
+                break
+            c = next(x for x in ("beta1", "beta2", "beta3") if x not in (a, b))
+            plane = [m for m in grid if m[c] == center[c]]
+            xs, ys = sorted({m[a] for m in plane}), sorted({m[b] for m in plane})
+            z = np.full((len(ys), len(xs)), np.nan)
+            for m in plane:
+                z[ys.index(m[b]), xs.index(m[a])] = m["gold"]["mean"]
+            fig, ax = plt.subplots(figsize=(4.8, 4))
+            im = ax.imshow(z, origin="lower", cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+            ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+            for i in range(len(ys)):
+                for j in range(len(xs)):
+                    if np.isfinite(z[i, j]):
+                        ax.text(j, i, f"{z[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+            ax.set_xlabel(a)
+            ax.set_ylabel(b)
+            ax.set_title(f"final gold, {c}={center[c]:g}")
+            fig.colorbar(im, ax=ax)
+            save(fig, f"heatmap_{a}_{b}")
+        clip = [
+            (k, m) for k, m in methods.items() if m.get("dpo_reward_clip") is not None or m.get("is_default")
+        ]
+        if clip:
+            _bars(plt, clip, "dpo_reward_clip (default betas)", sft, save, "clip")
+    else:
+        _bars(plt, list(methods.items()), f"{name}: final gold (95% CI)", sft, save, "gold_by_method")
+    rl = [(k, m) for k, m in methods.items() if m.get("time_per_iteration")]
+    if rl:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k, m in rl:
+            y, lo, hi = _err(m)
+            ax.errorbar(m["time_per_iteration"]["total"], y, yerr=[[lo], [hi]], marker="o", capsize=3)
+            ax.annotate(
+                k,
+                (m["time_per_iteration"]["total"], y),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlabel("wall-clock seconds per iteration")
+        ax.set_ylabel("final gold reward")
+        ax.set_title("gold at its cost")
+        save(fig, "gold_vs_cost")
+    return made
+
+
+def _bars(plt, items, title, sft, save, stem) -> None:
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1.5))
+    names = [k for k, _ in items]
+    ys = [_err(m) for _, m in items]
+    ax.barh(range(len(items)), [y[0] for y in ys], xerr=[[y[1] for y in ys], [y[2] for y in ys]], capsize=3)
+    ax.set_yticks(range(len(items)), names)
+    ax.invert_yaxis()
+    if sft is not None:
+        ax.axvline(sft, color="gray", ls="--")
+    ax.set_xlabel("gold reward (held-out)")
+    ax.set_title(title)
+    save(fig, stem)

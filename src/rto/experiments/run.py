@@ -1,0 +1,278 @@
+"""Plans, runs and reports the four experiments (see rto.experiments)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from rto.errors import ConfigError
+from rto.experiments import core
+from rto.experiments.cells import cell_hash, run_cells, write_json_atomic
+from rto.experiments.stats import aggregate, compare
+
+NAMES = ("data-scaling", "variants", "sweep", "token-sources")
+
+# quick: the demo's "test" world and 2 PPO iterations (the test suite). default: sized so that each
+# experiment finishes on a 2-core CPU in under an hour (docs/experiments.md: measured costs, estimates).
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(
+        demo_preset="test", demo={}, seeds=1,
+        fractions=(0.125, 1.0),
+        sweep={"beta1": (0.02, 0.1), "beta2": (0.0, 0.02), "beta3": (0.5, 1.0), "dpo_reward_clip": (0.02,)},
+    ),
+    "default": dict(
+        demo_preset="smoke", demo=dict(n_pref_prompts=1024, n_eval_prompts=64, ppo_iterations=20), seeds=3,
+        fractions=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
+        sweep={"beta1": (0.01, 0.05, 0.2), "beta2": (0.0, 0.01, 0.05), "beta3": (0.25, 1.0, 4.0),
+               "dpo_reward_clip": (0.05, 0.01)},
+    ),
+}  # fmt: skip
+
+# The paper's variants (SPEC section 2): name -> (reward mode, advantage).
+VARIANTS = {
+    "PPO": ("ppo", "gae"),
+    "RTO": ("rto", "gae"),
+    "Semi-RTO": ("semi-rto", "gae"),
+    "DDPO": ("ddpo", "gae"),
+    "RS-PPO": ("rs-ppo", "gae"),
+    "DPO-only": ("dpo-only", "gae"),
+    "REINFORCE++": ("ppo", "reinforce++"),
+    "RTO+REINFORCE++": ("rto", "reinforce++"),
+}
+
+# Preference learners of token-sources and their beta (SimPO's scale is larger: its reward is a
+# length-normalised log-prob, not a log-ratio; SimPO paper range 2-2.5).
+TOKEN_SOURCES = {"sigmoid": 0.1, "ipo": 0.1, "simpo": 2.0, "rdpo": 0.1, "tdpo": 0.1}
+
+
+@dataclass
+class ExperimentConfig:
+    """One of the paper's claims at small scale, on the demo's controlled-sentiment task: cached, resumable
+    cells; results.json, PNG plots and summary.md under --out."""
+
+    name: Literal["data-scaling", "variants", "sweep", "token-sources"] = "variants"
+    """Which experiment."""
+    preset: Literal["quick", "default"] = "default"
+    """quick: seconds-to-minutes sizes (tests); default: under an hour on a 2-core CPU."""
+    out: str = ""
+    """Output folder (default runs/experiment-<name>-<preset>); rerun with the same --out to resume."""
+    seeds: int | None = None
+    """RL seeds per method (preset: quick 1, default 3)."""
+    ppo_iterations: int | None = None
+    """Override the preset's PPO iterations per run (equal for every method)."""
+    workers: int = 2
+    """Cells computed in parallel (processes)."""
+    threads: int = 1
+    """torch CPU threads per worker process."""
+
+
+def resolve(cfg: ExperimentConfig) -> tuple[ExperimentConfig, Any, dict]:
+    """(config with defaults filled, the demo config of the shared world, the preset)."""
+    from rto.demo import DemoConfig
+    from rto.demo import resolve as demo_resolve
+
+    if cfg.name not in NAMES:
+        raise ConfigError(f"field 'name' must be one of {', '.join(NAMES)}, got {cfg.name!r}")
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"field 'preset' must be one of {', '.join(PRESETS)}, got {cfg.preset!r}")
+    p = PRESETS[cfg.preset]
+    cfg = dataclasses.replace(cfg, seeds=cfg.seeds or p["seeds"])
+    if cfg.seeds < 1 or cfg.workers < 1 or cfg.threads < 1:
+        raise ConfigError("fields 'seeds', 'workers' and 'threads' must be >= 1")
+    if not cfg.out:
+        cfg.out = f"runs/experiment-{cfg.name}-{cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    demo_over = dict(p["demo"])
+    if cfg.ppo_iterations:
+        demo_over["ppo_iterations"] = cfg.ppo_iterations
+    dcfg = demo_resolve(
+        DemoConfig(out=str(Path(cfg.out) / "world"), preset=p["demo_preset"], seeds=1, progress=False, reuse=True,
+                   workers=1, threads=cfg.threads, **demo_over)
+    )  # fmt: skip
+    return cfg, dcfg, p
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+@dataclass
+class Plan:
+    prefs: list[dict]
+    methods: dict[str, list[dict]]  # method -> its cells (one per seed; one for a fixed policy)
+    meta: dict[str, dict] = dataclasses.field(default_factory=dict)  # method -> plotting coordinates
+
+
+def plan(cfg: ExperimentConfig, demo: dict, preset: dict) -> Plan:
+    seeds = range(cfg.seeds)
+    rm, dpo = core.pref_spec(demo, "rm"), core.pref_spec(demo, "dpo")
+    sft = {"SFT": [core.eval_spec(demo, None)]}
+    if cfg.name == "data-scaling":
+        prefs, methods, meta = [], dict(sft), {}
+        for f in preset["fractions"]:
+            rm_f, dpo_f = core.pref_spec(demo, "rm", f), core.pref_spec(demo, "dpo", f)
+            prefs += [rm_f, dpo_f]
+            for name, mode in (("PPO", "ppo"), ("RTO", "rto")):
+                key = f"{name} @ {f:g}"
+                methods[key] = [core.rl_spec(demo, mode, rm_f, dpo_f, k) for k in seeds]
+                meta[key] = {"method": name, "fraction": f, "pref": cell_hash(rm_f)}
+        return Plan(prefs, methods, meta)
+    if cfg.name == "variants":
+        methods = {
+            name: [core.rl_spec(demo, mode, rm, dpo, k, advantage=adv) for k in seeds]
+            for name, (mode, adv) in VARIANTS.items()
+        }
+        methods["DPO (offline)"] = [core.eval_spec(demo, dpo)]
+        return Plan([rm, dpo], {**methods, **sft})
+    if cfg.name == "sweep":
+        grid = preset["sweep"]
+        center = {b: float(demo[b]) for b in ("beta1", "beta2", "beta3")}
+        points = []
+        for a, b in (("beta1", "beta2"), ("beta1", "beta3"), ("beta2", "beta3")):
+            for va in grid[a]:
+                for vb in grid[b]:
+                    pt = {**center, a: float(va), b: float(vb)}
+                    if pt not in points:
+                        points.append(pt)
+        if center not in points:
+            points.append(center)
+        methods, meta = {}, {}
+        for pt in points:
+            key = f"b1={pt['beta1']:g} b2={pt['beta2']:g} b3={pt['beta3']:g}"
+            methods[key] = [core.rl_spec(demo, "rto", rm, dpo, k, **pt) for k in seeds]
+            meta[key] = {**pt, "dpo_reward_clip": None}
+        for c in grid["dpo_reward_clip"]:
+            key = f"clip={c:g}"
+            methods[key] = [core.rl_spec(demo, "rto", rm, dpo, k, dpo_reward_clip=float(c)) for k in seeds]
+            meta[key] = {**center, "dpo_reward_clip": float(c)}
+        return Plan([rm, dpo], {**methods, **sft}, meta)
+    # token-sources
+    prefs, methods, meta = [rm], {"PPO": [core.rl_spec(demo, "ppo", rm, None, k) for k in seeds]}, {}
+    for loss, beta in TOKEN_SOURCES.items():
+        src = core.pref_spec(demo, "dpo", 1.0, loss_type=loss, beta=beta)
+        prefs.append(src)
+        methods[f"RTO [{loss}]"] = [core.rl_spec(demo, "rto", rm, src, k) for k in seeds]
+        methods[f"offline {loss}"] = [core.eval_spec(demo, src)]
+        meta[f"RTO [{loss}]"] = meta[f"offline {loss}"] = {"source": loss, "beta": beta}
+    return Plan(prefs, {**methods, **sft}, meta)
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def claims(name: str, res: dict[str, list[dict]], meta: dict, preset: dict) -> list[dict]:
+    """The paper's claims, each read off a paired 95% interval of gold differences."""
+    out = []
+
+    def cmp(a: str, b: str, claim: str, holds) -> None:
+        if a in res and b in res:
+            c = compare(res[a], res[b], a, b)
+            lo, hi = c["ci"]
+            c.update(claim=claim, holds=holds(c["diff"], lo, hi))
+            out.append(c)
+
+    better = lambda d, lo, hi: lo > 0  # noqa: E731 - significantly better
+    same = lambda d, lo, hi: lo <= 0 <= hi  # noqa: E731 - no significant difference
+    not_worse = lambda d, lo, hi: hi >= 0  # noqa: E731
+    if name == "data-scaling":
+        fr = preset["fractions"]
+        small = 0.125 if 0.125 in fr else min(fr)
+        cmp(f"RTO @ {small:g}", f"PPO @ {max(fr):g}",
+            f"RTO with {small:g} of the data reaches PPO with {max(fr):g} (not significantly worse)", not_worse)  # fmt: skip
+        for f in fr:
+            cmp(f"RTO @ {f:g}", f"PPO @ {f:g}", f"RTO > PPO at fraction {f:g}", better)
+    elif name == "variants":
+        cmp("RTO", "PPO", "RTO > PPO", better)
+        cmp("RTO", "Semi-RTO", "denser is better: RTO > Semi-RTO", better)
+        cmp("Semi-RTO", "DDPO", "denser is better: Semi-RTO > DDPO", better)
+        cmp("RS-PPO", "RTO", "shaping: RS-PPO ≈ RTO (no significant difference)", same)
+        cmp("RTO+REINFORCE++", "REINFORCE++", "RTO+REINFORCE++ > REINFORCE++", better)
+    elif name == "token-sources":
+        for loss in TOKEN_SOURCES:
+            if loss != "sigmoid":
+                cmp(
+                    f"RTO [{loss}]",
+                    "RTO [sigmoid]",
+                    f"{loss} as token-reward source vs DPO (sigmoid)",
+                    better,
+                )
+            cmp(f"RTO [{loss}]", "PPO", f"RTO with {loss} token rewards > PPO", better)
+    elif name == "sweep":
+        center = [k for k, m in meta.items() if m.get("dpo_reward_clip") is None]
+        best = max(center, key=lambda k: sum(sum(r["per_prompt"]["gold"]) for r in res[k]) / len(res[k]))
+        default = next((k for k in center if k == _default_key(meta)), None)
+        if default and best != default:
+            cmp(best, default, "best grid point > the default betas", better)
+    return out
+
+
+def _default_key(meta: dict) -> str | None:
+    return next((k for k, m in meta.items() if m.get("is_default")), None)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_experiment(cfg: ExperimentConfig) -> Path:
+    """`rto experiment`: returns the output folder (results.json, summary.md, plots/*.png, cells/)."""
+    import torch
+
+    cfg, dcfg, preset = resolve(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    t0 = time.perf_counter()
+    print(f"rto experiment {cfg.name}: preset {cfg.preset}, {cfg.seeds} seed(s), out {out}", flush=True)
+    core.build_world(dcfg)
+    demo = core.demo_spec(dcfg)
+    p = plan(cfg, demo, preset)
+    if cfg.name == "sweep":
+        for m in p.meta.values():
+            m["is_default"] = m.get("dpo_reward_clip") is None and all(
+                m[b] == float(demo[b]) for b in ("beta1", "beta2", "beta3")
+            )
+
+    def done(r: dict) -> None:
+        s = r["spec"]
+        what = s.get("mode") or s.get("model") or "eval"
+        print(f"   cell {r['hash']} ({s['kind']} {what}): {r['wall_s']:.1f}s", flush=True)
+
+    print("== preference models", flush=True)
+    run_cells(out, p.prefs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done)
+    print("== policies", flush=True)
+    specs = [s for cells in p.methods.values() for s in cells]
+    flat = run_cells(out, specs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done)
+    by_hash = {r["hash"]: r for r in flat}
+    res = {m: [by_hash[cell_hash(s)] for s in cells] for m, cells in p.methods.items()}
+    prefs = {cell_hash(s): core.load_result_for(out, s) for s in p.prefs}
+    methods = {m: {**aggregate(rs), **p.meta.get(m, {})} for m, rs in res.items()}
+    for m, meta in p.meta.items():
+        if "pref" in meta:
+            methods[m]["n_pairs"] = prefs[meta["pref"]]["n_pairs"]
+    results = {
+        "experiment": cfg.name,
+        "preset": cfg.preset,
+        "config": dataclasses.asdict(cfg),
+        "world": demo,
+        "methods": methods,
+        "claims": claims(cfg.name, res, p.meta, preset),
+        "n_cells": len(set(by_hash)) + len(p.prefs),
+        "runtime_s": time.perf_counter() - t0,
+        "ci": "95% two-level bootstrap over seeds and held-out prompts (prompts only for one seed)",
+    }
+    from rto.experiments.report import write_plots, write_summary
+
+    results["plots"] = write_plots(cfg.name, results, out / "plots")
+    write_json_atomic(out / "results.json", results)
+    write_summary(results, out / "summary.md")
+    print(f"\nrto experiment {cfg.name}: done in {results['runtime_s'] / 60:.1f} min -> {out / 'summary.md'}")
+    return out
+
+
+def load_results(out: str | Path) -> dict:
+    return json.loads((Path(out) / "results.json").read_text())
