@@ -108,10 +108,12 @@ def test_same_loss_trajectory_and_weights(runs, stage, split):
     assert len(a) == len(b) == 3
     assert a[-1] < a[0]  # it trains
     assert max(abs(x - y) for x, y in zip(a, b)) <= ATOL, (a, b)
-    for key in read_metrics(ref)[0]:
-        if key not in ("grad_norm", "learning_rate", "epoch", "step"):
-            for ra, rb in zip(read_metrics(ref), read_metrics(other)):
-                assert ra[key] == pytest.approx(rb[key], abs=ATOL), key
+    # Every metric, grad_norm included: Adam hides a wrong gradient scale from the weights (it divides
+    # the scale away), the norm of the synchronised gradient does not.
+    for ra, rb in zip(read_metrics(ref), read_metrics(other)):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=ATOL, abs=ATOL), key
     assert max_weight_diff(ref, other) <= ATOL
 
 
