@@ -109,10 +109,10 @@ def launch(
     return [json.loads((report / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
-def weights(folder: Path) -> dict[str, torch.Tensor]:
+def weights(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(Path(folder) / "model.safetensors"))
+    return load_file(str(Path(folder) / name))
 
 
 def max_weight_diff(a: Path, b: Path) -> float:

@@ -19,7 +19,7 @@ from rto.config import PPOConfig
 from rto.trainers.ppo import train_ppo
 from tests.trainers.helpers import prompt_rows, read_metrics, write_jsonl
 
-from dist_launch import eos_prone_gpt2, launch, max_weight_diff, one_thread, save, score_gpt2  # isort: skip
+from dist_launch import eos_prone_gpt2, launch, max_weight_diff, one_thread, save, score_gpt2, weights  # isort: skip
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -54,6 +54,9 @@ def runs(tmp_path_factory, tiny_tokenizer):
     rpp = dict(
         base, reward_mode="rto", advantage="reinforce++", num_iterations=2, per_device_micro_batch_size=1
     )
+    # LoRA with a shared base: the reference is the policy with adapters off, the critic an adapter on the RM
+    lora = dict(base, reward_mode="rto", advantage="gae", num_iterations=2, lora=True, lora_r=4, lora_alpha=8,
+                per_device_micro_batch_size=1)  # fmt: skip
     two, one = root / "two", root / "one"
     reports = launch(
         [
@@ -65,6 +68,7 @@ def runs(tmp_path_factory, tiny_tokenizer):
             },
             {"stage": "ppo", "config": dict(rto, output_dir=str(two / "rto_resumed"), resume=True)},
             {"stage": "ppo", "config": dict(rpp, output_dir=str(two / "rpp"))},
+            {"stage": "ppo", "config": dict(lora, output_dir=str(two / "lora"))},
         ],
         root / "launch",
         watch=[two],
@@ -73,6 +77,7 @@ def runs(tmp_path_factory, tiny_tokenizer):
     with one_thread():
         train_ppo(PPOConfig(**dict(rto, output_dir=str(one / "rto"), per_device_micro_batch_size=0)))
         train_ppo(PPOConfig(**dict(rpp, output_dir=str(one / "rpp"), per_device_micro_batch_size=0)))
+        train_ppo(PPOConfig(**dict(lora, output_dir=str(one / "lora"), per_device_micro_batch_size=0)))
     return {"one": one, "two": two, "reports": reports}
 
 
@@ -112,7 +117,7 @@ def _assert_same_metrics(a: list[dict], b: list[dict], tol: float) -> None:
 def test_two_processes_really_ran(runs):
     reports = runs["reports"]
     for rank, report in enumerate(reports):
-        assert len(report["runs"]) == 4
+        assert len(report["runs"]) == 5
         for seen in report["runs"]:
             assert seen["num_processes"] == 2
             assert seen["process_index"] == rank
@@ -135,18 +140,18 @@ def test_the_world_exercises_uneven_shapes(runs):
     assert widths[0] != widths[1] or longest[0] != longest[1]
 
 
-@pytest.mark.parametrize("name", ["rto", "rpp"])
+@pytest.mark.parametrize("name", ["rto", "rpp", "lora"])
 def test_rollouts_rewards_and_advantages_match_one_process(runs, name):
     one, two = _rollouts(runs["one"] / name), _rollouts(runs["two"] / name)
     assert len(one) == 8 * (3 if name == "rto" else 2)
     _assert_same_rollouts(one, two, ATOL)
-    if name == "rto":
+    if name != "rpp":
         assert all(r["values"] is not None for r in two.values())
     else:
         assert all(r["values"] is None for r in two.values())
 
 
-@pytest.mark.parametrize("name", ["rto", "rpp"])
+@pytest.mark.parametrize("name", ["rto", "rpp", "lora"])
 def test_metrics_are_global_means(runs, name):
     """Token means (entropy, clipfrac, ...) over every process's tokens, not a mean of per-process
     means: with accumulation over micro-batches of 1 on 2 processes they equal 1 process's values."""
@@ -158,10 +163,17 @@ def test_adaptive_kl_controller_is_global(runs):
     assert coefs[-1] != coefs[0]  # it did move (compared with 1 process in test_metrics_are_global_means)
 
 
-@pytest.mark.parametrize("name", ["rto", "rpp"])
+@pytest.mark.parametrize("name", ["rto", "rpp", "lora"])
 def test_updated_weights_match_one_process(runs, name):
     assert max_weight_diff(runs["one"] / name, runs["two"] / name) <= ATOL
-    if name == "rto":
+    if name == "lora":  # the merged policy above; the critic adapter here
+        a, b = (
+            weights(runs[k] / name / "critic" / "adapter", "adapter_model.safetensors")
+            for k in ("one", "two")
+        )
+        assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= ATOL
+        assert max_weight_diff(Path(runs["one"]).parent / "sft", runs["two"] / name) > 1e-4  # trained
+    elif name == "rto":
         assert max_weight_diff(runs["one"] / name / "critic", runs["two"] / name / "critic") <= ATOL
         start = Path(runs["one"]).parent / "sft"
         assert max_weight_diff(start, runs["two"] / name) > 1e-3  # the policy was really trained
