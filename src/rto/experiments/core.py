@@ -25,6 +25,12 @@ from rto.demo import DemoConfig
 _RUNTIME = ("out", "reuse", "progress", "workers", "threads", "preset")
 
 
+# Demo settings of the RL and evaluation stages only: left out of pref cells' specs, so that changing the
+# RL budget reuses the trained reward and DPO models.
+RL_ONLY = ("ppo_iterations", "rollout_batch_size", "mini_batch_size", "actor_lr", "critic_lr", "ppo_epochs",
+           "beta1", "beta2", "beta3", "eval_samples", "best_of_n", "seeds")  # fmt: skip
+
+
 def demo_spec(dcfg: DemoConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(dcfg).items() if k not in _RUNTIME}
 
@@ -59,6 +65,7 @@ def pref_spec(
     demo: dict, model: str, fraction: float = 1.0, loss_type: str = "sigmoid", beta: float | None = None
 ):
     """A reward model (model='rm') or a preference-trained policy (model='dpo', any --loss-type)."""
+    demo = {k: v for k, v in demo.items() if k not in RL_ONLY}
     spec = {"kind": "pref", "demo": demo, "model": model, "fraction": fraction}
     if model == "dpo":
         spec.update(loss_type=loss_type, beta=demo["dpo_beta"] if beta is None else beta)

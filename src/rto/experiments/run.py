@@ -18,16 +18,16 @@ from rto.experiments.stats import aggregate, compare
 
 NAMES = ("data-scaling", "variants", "sweep", "token-sources")
 
-# quick: the demo's "test" world and 2 PPO iterations (the test suite). default: sized so that each
+# quick: the demo's "test" world and 1 PPO iteration (the test suite). default: sized so that each
 # experiment finishes on a 2-core CPU in under an hour (docs/experiments.md: measured costs, estimates).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
-        demo_preset="test", demo={}, seeds=1,
+        demo_preset="test", demo=dict(ppo_iterations=1), seeds=1,
         fractions=(0.125, 1.0),
-        sweep={"beta1": (0.02, 0.1), "beta2": (0.0, 0.02), "beta3": (0.5, 1.0), "dpo_reward_clip": (0.02,)},
+        sweep={"beta1": (0.05, 0.1), "beta2": (0.01, 0.02), "beta3": (1.0, 2.0), "dpo_reward_clip": (0.02,)},
     ),
     "default": dict(
-        demo_preset="smoke", demo=dict(n_pref_prompts=1024, n_eval_prompts=64, ppo_iterations=20), seeds=3,
+        demo_preset="default", demo=dict(ppo_iterations=40), seeds=3,
         fractions=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
         sweep={"beta1": (0.01, 0.05, 0.2), "beta2": (0.0, 0.01, 0.05), "beta3": (0.25, 1.0, 4.0),
                "dpo_reward_clip": (0.05, 0.01)},

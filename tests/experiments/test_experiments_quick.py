@@ -1,0 +1,106 @@
+"""Each experiment end to end at the quick preset (one shared world), and resume after an interruption."""
+
+import json
+import shutil
+
+import pytest
+
+from rto.cli import main
+from rto.errors import ConfigError
+from rto.experiments import ExperimentConfig, run_experiment
+from rto.experiments.cells import computed_log
+from rto.experiments.run import resolve
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+@pytest.fixture(scope="module")
+def variants(root):
+    out = root / "variants"
+    assert main(["experiment", "--name", "variants", "--preset", "quick", "--out", str(out)]) == 0
+    return out
+
+
+def _with_world(root, variants, name):
+    """A fresh experiment folder holding the variants run's world (data, SFT, labels): reused, not rebuilt."""
+    out = root / name
+    shutil.copytree(variants / "world", out / "world")
+    run_experiment(ExperimentConfig(name=name, preset="quick", out=str(out)))
+    return json.loads((out / "results.json").read_text()), out
+
+
+def _check_outputs(out, res):
+    assert (out / "summary.md").is_file()
+    for p in res["plots"]:
+        assert (out / p).stat().st_size > 1000
+    for name, m in res["methods"].items():
+        assert m["n_seeds"] == 1 and m["single_seed"], name
+        lo, hi = m["gold"]["ci"]
+        assert lo <= m["gold"]["mean"] <= hi
+        assert 0.0 <= m["win"]["mean"] <= 1.0
+
+
+def test_variants_table_claims_and_costs(variants):
+    res = json.loads((variants / "results.json").read_text())
+    _check_outputs(variants, res)
+    expected = {"PPO", "RTO", "Semi-RTO", "DDPO", "RS-PPO", "DPO-only", "REINFORCE++", "RTO+REINFORCE++"}
+    assert expected | {"DPO (offline)", "SFT"} == set(res["methods"])
+    m = res["methods"]
+    assert m["SFT"]["win"]["mean"] == pytest.approx(0.5)  # SFT against its own samples: all ties
+    for name in expected:
+        assert m[name]["time_per_iteration"]["total"] > 0
+    assert m["RTO"]["passes_per_iteration"]["scoring_forwards"]["dpo"] == 1
+    assert m["PPO"]["passes_per_iteration"]["scoring_forwards"]["dpo"] == 0
+    assert m["REINFORCE++"]["passes_per_iteration"]["scoring_forwards"]["critic"] == 0
+    claims = {c["claim"] for c in res["claims"]}
+    assert any("Semi-RTO > DDPO" in c for c in claims) and any("RS-PPO" in c for c in claims)
+    text = (variants / "summary.md").read_text()
+    assert "one seed" in text and "RTO+REINFORCE++" in text
+
+
+def test_resume_recomputes_only_the_missing_cell(variants):
+    n = len(computed_log(variants))
+    assert n == 12  # 2 preference models + 8 RL runs + offline DPO + SFT
+    victim = next(
+        c for c in (variants / "cells").iterdir() if json.loads((c / "spec.json").read_text())["kind"] == "rl"
+    )
+    (victim / "result.json").unlink()
+    run_experiment(ExperimentConfig(name="variants", preset="quick", out=str(variants)))
+    log = computed_log(variants)
+    assert [e["hash"] for e in log[n:]] == [victim.name]
+
+
+def test_data_scaling(root, variants):
+    res, out = _with_world(root, variants, "data-scaling")
+    _check_outputs(out, res)
+    m = res["methods"]
+    assert m["RTO @ 0.125"]["n_pairs"] < m["RTO @ 1"]["n_pairs"]
+    assert m["RTO @ 0.125"]["n_pairs"] == m["PPO @ 0.125"]["n_pairs"]
+    assert "plots/gold_vs_data.png" in res["plots"]
+    assert any("reaches PPO" in c["claim"] for c in res["claims"])
+    assert not any(e.get("kind") in ("data",) for e in computed_log(out))
+
+
+def test_sweep_one_heatmap_per_pair(root, variants):
+    res, out = _with_world(root, variants, "sweep")
+    _check_outputs(out, res)
+    for pair in ("beta1_beta2", "beta1_beta3", "beta2_beta3"):
+        assert f"plots/heatmap_{pair}.png" in res["plots"]
+    assert len([k for k in res["methods"] if k.startswith("b1=")]) == 7  # cube corners touching the centre
+    assert res["methods"]["clip=0.02"]["dpo_reward_clip"] == 0.02
+
+
+def test_token_sources(root, variants):
+    res, out = _with_world(root, variants, "token-sources")
+    _check_outputs(out, res)
+    for loss in ("sigmoid", "ipo", "simpo", "rdpo", "tdpo"):
+        assert f"RTO [{loss}]" in res["methods"] and f"offline {loss}" in res["methods"]
+    assert res["methods"]["RTO [simpo]"]["beta"] == 2.0
+
+
+def test_bad_name_is_a_config_error():
+    with pytest.raises(ConfigError, match="name"):
+        resolve(ExperimentConfig(name="nope", preset="quick", out="x"))  # type: ignore[arg-type]
