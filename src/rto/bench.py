@@ -439,6 +439,7 @@ def _derived(rec: dict[str, float], passes: list[str]) -> dict[str, float]:
         "t.other": rec["t.iteration"] - top,
         "t.floor.score": floor_score,
         "t.floor.total": rec["t.floor.generation"] + floor_score + rec["t.floor.train"],
+        "c.floor.total": sum(v for k, v in rec.items() if k.startswith("c.floor.")),
     }
 
 
@@ -475,6 +476,7 @@ def summarize_mode(run: _Run, how: str = "min") -> dict[str, Any]:
     }
     peak = {k: max(p[k] for p in run.peaks) for k in run.peaks[0]} if run.peaks else {}
     each = [r["t.iteration"] for r in recs]
+    cpu = {"iteration": stat["c.iteration"], "floor": stat["c.floor.total"]}
     return {
         "iteration_s": iteration,
         "iteration_s_each": each,
@@ -484,6 +486,9 @@ def summarize_mode(run: _Run, how: str = "min") -> dict[str, Any]:
         "tokens_per_s": tokens_per_s,
         "floor_s": floor,
         "iteration_over_floor": iteration / floor["total"],
+        # process CPU time (all threads): much less disturbed by other jobs than wall time
+        "cpu_s": cpu,
+        "iteration_over_floor_cpu": cpu["iteration"] / cpu["floor"],
         "phase_over_floor": {
             "generation": phases["generation"] / floor["generation"],
             "score": phases["score"] / floor["score"],
@@ -611,6 +616,7 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 )
                 if it >= cfg.warmup_iterations:
                     rec = {f"t.{k}": v for k, v in timer.seconds.items()}
+                    rec.update({f"c.{k}": v for k, v in timer.cpu_seconds.items()})
                     rec.update(
                         {f"n.{k}": out[k] for k in ("response_tokens", "sequence_tokens", "generated_steps")}
                     )
@@ -640,6 +646,11 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
             # Per-round RTO/PPO quotients (the two iterations of a round run back to back): their spread
             # shows how much the machine's noise moves the ratio.
             "ratios_per_round": {"rto_over_ppo": paired},
+            "ratios_cpu": {
+                "rto_over_ppo": modes["rto"]["cpu_s"]["iteration"] / modes["ppo"]["cpu_s"]["iteration"],
+                "ppo_iteration_over_floor": modes["ppo"]["iteration_over_floor_cpu"],
+                "rto_iteration_over_floor": modes["rto"]["iteration_over_floor_cpu"],
+            },
             "targets": [
                 _target("RTO iteration / PPO iteration", rto_over_ppo, TARGET_RTO_OVER_PPO),
                 _target(
@@ -848,6 +859,11 @@ def format_table(result: dict[str, Any]) -> str:
     for t in result["targets"]:
         verdict = "met" if t["met"] else f"NOT met, over by {t['over_by_pct']:.1f}%"
         lines.append(f"{t['name']:<32} {t['value']:.3f}  (target <= {t['limit']:.2f})  {verdict}")
+    rc = result["ratios_cpu"]
+    lines.append(
+        f"same ratios in process CPU time (less disturbed by other jobs): RTO/PPO {rc['rto_over_ppo']:.3f}, "
+        f"PPO/floor {rc['ppo_iteration_over_floor']:.3f}, RTO/floor {rc['rto_iteration_over_floor']:.3f}"
+    )
     ck = result["checks"]
     lines.append(
         f"checks: generation stops when every row ended: {ck['generation_stops_when_all_ended']}; scoring under "

@@ -71,12 +71,16 @@ def test_json_has_every_field_finite_and_positive(smoke):
                     "model_and_optimizer_mb"):  # fmt: skip
             assert _positive_finite(m[key]), (mode, key)
         assert _positive_finite(m["peak_memory_mb"]["rss_mb"])
+        assert all(_positive_finite(v) for v in m["cpu_s"].values()) and _positive_finite(
+            m["iteration_over_floor_cpu"]
+        )
         assert len(m["iteration_s_each"]) == 1 and m["iteration_s_stdev"] == 0.0
         # the score is the sum of its passes plus a non-negative remainder, the iteration of its phases
         parts = sum(v for k, v in m["phases_s"].items() if k.startswith("score."))
         assert parts == pytest.approx(m["phases_s"]["score"], rel=1e-9)
         assert m["response_tokens"] == 4 * m["generated_steps"] or m["response_tokens"] <= 4 * 4
     assert all(_positive_finite(v) for v in data["ratios"].values())
+    assert all(_positive_finite(v) for v in data["ratios_cpu"].values())
     assert data["checks"]["generation_stops_when_all_ended"] is True
     assert data["checks"]["scoring_under_inference_mode"] is True
     assert data["checks"]["tokenizer_calls_in_hot_path"] == 0
@@ -101,6 +105,11 @@ def test_ratios_are_quotients_of_the_reported_times(smoke):
         assert m["tokens_per_s"]["iteration"] == pytest.approx(
             m["response_tokens"] / m["iteration_s"], rel=1e-12
         )
+    rc = data["ratios_cpu"]
+    assert rc["rto_over_ppo"] == pytest.approx(
+        rto["cpu_s"]["iteration"] / ppo["cpu_s"]["iteration"], rel=1e-12
+    )
+    assert rc["ppo_iteration_over_floor"] == pytest.approx(ppo["cpu_s"]["iteration"] / ppo["cpu_s"]["floor"])
     assert data["ratios_per_round"]["rto_over_ppo"] == pytest.approx(
         [rto["iteration_s_each"][0] / ppo["iteration_s_each"][0]]
     )
@@ -194,6 +203,7 @@ def _record(scale: float, with_dpo: bool) -> dict[str, float]:
     rec.update({"t.generation": 1.0 * scale, "t.score": 0.1 * scale * len(passes) + 0.01, "t.targets": 0.01,
                 "t.train": 2.0 * scale, "t.floor.generation": 0.9 * scale, "t.floor.train": 1.9 * scale})  # fmt: skip
     rec["t.iteration"] = rec["t.generation"] + rec["t.score"] + rec["t.targets"] + rec["t.train"] + 0.001
+    rec.update({"c.iteration": 2 * rec["t.iteration"], "c.floor.generation": 1.0, "c.floor.train": 2.0})
     rec.update({"n.response_tokens": 100.0, "n.sequence_tokens": 150.0, "n.generated_steps": 5.0})
     return rec
 
