@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "default": dict(
         demo_preset="default", demo=dict(ppo_iterations=40), seeds=3,
+        per_experiment={"sweep": dict(ppo_iterations=30)},  # 63 runs: 30 iterations keep it under an hour
         fractions=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
         sweep={"beta1": (0.01, 0.05, 0.2), "beta2": (0.0, 0.01, 0.05), "beta3": (0.25, 1.0, 4.0),
                "dpo_reward_clip": (0.05, 0.01)},
@@ -87,7 +88,7 @@ def resolve(cfg: ExperimentConfig) -> tuple[ExperimentConfig, Any, dict]:
         raise ConfigError("fields 'seeds', 'workers' and 'threads' must be >= 1")
     if not cfg.out:
         cfg.out = f"runs/experiment-{cfg.name}-{cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    demo_over = dict(p["demo"])
+    demo_over = {**p["demo"], **p.get("per_experiment", {}).get(cfg.name, {})}
     if cfg.ppo_iterations:
         demo_over["ppo_iterations"] = cfg.ppo_iterations
     dcfg = demo_resolve(
