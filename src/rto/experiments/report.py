@@ -42,7 +42,9 @@ def write_summary(results: dict, path: Path) -> None:
         "",
         f"Runtime {results['runtime_s'] / 60:.1f} min, {results['n_cells']} cells. {results['ci']}. "
         "Gold = VADER sentiment x well-formedness of held-out samples (rto.eval). "
-        "'one seed' marks numbers whose interval covers prompt noise only.",
+        "'one seed' marks numbers whose interval covers prompt noise only. A claim 'holds' when the 95% "
+        "interval of the gold difference is on its side of zero, is 'not shown' when the interval contains "
+        "zero, and 'does not hold' when it is on the other side.",
         "",
         *method_table(results["methods"]),
         "",
@@ -51,7 +53,7 @@ def write_summary(results: dict, path: Path) -> None:
     ]
     for c in results["claims"]:
         lo, hi = c["ci"]
-        verdict = "holds" if c["holds"] else "does not hold"
+        verdict = {"holds": "holds", "contradicted": "does not hold", "not shown": "not shown"}[c["status"]]
         one = " (one seed)" if c["single_seed"] else ""
         lines.append(
             f"- {c['claim']}: **{verdict}** here{one}. gold({c['a']}) - gold({c['b']}) = {c['diff']:+.3f} "

@@ -173,7 +173,10 @@ def claims(name: str, res: dict[str, list[dict]], meta: dict, preset: dict) -> l
         if a in res and b in res:
             c = compare(res[a], res[b], a, b)
             lo, hi = c["ci"]
-            c.update(claim=claim, holds=holds(c["diff"], lo, hi))
+            ok = holds(c["diff"], lo, hi)
+            # "A > B" not shown is not "A <= B": only an interval on the wrong side contradicts it.
+            status = "holds" if ok else ("contradicted" if hi < 0 or holds is same else "not shown")
+            c.update(claim=claim, holds=ok, status=status)
             out.append(c)
 
     better = lambda d, lo, hi: lo > 0  # noqa: E731 - significantly better
