@@ -40,7 +40,9 @@ def write_summary(results: dict, path: Path) -> None:
     lines = [
         f"# rto experiment {results['experiment']} (preset {results['preset']})",
         "",
-        f"Runtime {results['runtime_s'] / 60:.1f} min, {results['n_cells']} cells. {results['ci']}. "
+        f"Runtime of this invocation {results['runtime_s'] / 60:.1f} min; {results['n_cells']} cells, together "
+        f"{results['cells_wall_s'] / 60:.1f} min wall and {results['cells_cpu_s'] / 60:.1f} min CPU (world "
+        f"stages not included). {results['ci']}. "
         "Gold = VADER sentiment x well-formedness of held-out samples (rto.eval). "
         "'one seed' marks numbers whose interval covers prompt noise only. A claim 'holds' when the 95% "
         "interval of the gold difference is on its side of zero, is 'not shown' when the interval contains "
@@ -59,7 +61,15 @@ def write_summary(results: dict, path: Path) -> None:
             f"- {c['claim']}: **{verdict}** here{one}. gold({c['a']}) - gold({c['b']}) = {c['diff']:+.3f} "
             f"[{lo:+.3f}, {hi:+.3f}] ({c['verdict']})."
         )
-    if not results["claims"]:
+    if results["experiment"] == "sweep":
+        grid = {k: m for k, m in results["methods"].items() if "beta1" in m}
+        order = sorted(grid, key=lambda k: grid[k]["gold"]["mean"])
+        if order:
+            lines.append(
+                f"- sensitivity: final gold ranges from {grid[order[0]]['gold']['mean']:.3f} ({order[0]}) to "
+                f"{grid[order[-1]]['gold']['mean']:.3f} ({order[-1]}) over {len(order)} settings."
+            )
+    if not results["claims"] and results["experiment"] != "sweep":
         lines.append("- (no claim applies at this grid)")
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in results.get("plots", [])]
     path.write_text("\n".join(lines) + "\n")

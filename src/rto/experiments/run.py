@@ -266,7 +266,10 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         "methods": methods,
         "claims": claims(cfg.name, res, p.meta, preset),
         "n_cells": len(set(by_hash)) + len(p.prefs),
-        "runtime_s": time.perf_counter() - t0,
+        "runtime_s": time.perf_counter() - t0,  # this invocation (a resumed run counts only its own part)
+        # every cell's own seconds, whenever it ran: the cost of the whole experiment, resumes included
+        "cells_wall_s": sum(r["wall_s"] for r in flat_unique(flat, prefs.values())),
+        "cells_cpu_s": sum(r["cpu_s"] for r in flat_unique(flat, prefs.values())),
         "ci": "95% two-level bootstrap over seeds and held-out prompts (prompts only for one seed)",
     }
     from rto.experiments.report import write_plots, write_summary
@@ -276,6 +279,14 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
     write_summary(results, out / "summary.md")
     print(f"\nrto experiment {cfg.name}: done in {results['runtime_s'] / 60:.1f} min -> {out / 'summary.md'}")
     return out
+
+
+def flat_unique(*groups) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for g in groups:
+        for r in g:
+            seen.setdefault(r["hash"], r)
+    return list(seen.values())
 
 
 def load_results(out: str | Path) -> dict:
