@@ -35,6 +35,7 @@ from rto.errors import ConfigError, RtoError
 log = logging.getLogger(__name__)
 
 STAGE_MARKER = ".rto_demo_stage.json"
+N_TRAIN_PROMPTS = 4000  # training prompts written (at least n_pref_prompts)
 
 # Budgets per preset. "default" must finish in under 10 minutes on 2 CPU cores (docs/demo.md has the
 # measured figure); "smoke" in about a minute; "test" is for the test suite.
@@ -132,8 +133,11 @@ class DemoConfig:
     beta3: float = 1.0
     """Weight of the normalised RM score at the last token (both methods)."""
     # --- running ---
-    threads: int = 2
-    """torch CPU threads."""
+    workers: int = 2
+    """Processes for independent stages (RM and DPO; the PPO/RTO runs): 2 uses both cores of a 2-core CPU."""
+    threads: int = 1
+    """torch CPU threads per process. One thread per process is much faster for ~1M-parameter models, and
+    is robust when other jobs share the CPU (two threads on busy cores can be 10x slower)."""
     reuse: bool = False
     """Reuse stages already completed in --out with the same settings (continue a run, redo the report)."""
     progress: bool = True
@@ -297,30 +301,162 @@ def dpo_token_rewards(
 # ----------------------------------------------------------------------------- the pipeline
 
 
+@dataclass
+class Job:
+    """One stage: ``func`` (a stage function of this module) called as func(cfg, root, **kwargs)."""
+
+    name: str
+    folder: Path
+    signature: dict
+    func: str
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    total: int = 0  # optimizer steps / iterations, for the progress bar of a parallel run
+
+
 class Pipeline:
-    """Runs the stages in order, timing each and skipping completed ones under --reuse."""
+    """Runs the stages, timing each (wall and CPU seconds) and skipping completed ones under --reuse.
+    Independent stages (RM and DPO; the PPO/RTO runs) run as ``workers`` parallel processes."""
 
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
-        self.out = Path(cfg.out)
+        self.root = Path(cfg.out)
         self.timings: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}  # process CPU seconds: a load-independent measure of the work
-        self.info: dict[str, Any] = {}
+        self.cpu: dict[str, float] = {}  # CPU seconds of the stage's process: a load-independent measure
 
-    def stage(self, name: str, folder: Path, signature: dict, fn: Callable[[], Any]) -> None:
-        if self.cfg.reuse and _stage_done(folder, signature):
-            secs = _stage_seconds(folder)
-            log.info("[demo] %s: reusing %s", name, folder)
-            self.timings[name] = secs if secs is not None else 0.0
+    def _reusable(self, job: Job) -> bool:
+        if self.cfg.reuse and _stage_done(job.folder, job.signature):
+            secs = _stage_seconds(job.folder)
+            print(f"== {job.name}: reusing {job.folder}", flush=True)
+            self.timings[job.name] = secs if secs is not None else 0.0
+            return True
+        return False
+
+    def run(self, job: Job) -> None:
+        if self._reusable(job):
             return
         t0, c0 = time.perf_counter(), time.process_time()
-        print(f"\n== {name} ==", flush=True)
-        fn()
+        print(f"\n== {job.name} ==", flush=True)
+        globals()[job.func](self.cfg, self.root, **job.kwargs)
         secs = time.perf_counter() - t0
-        self.timings[name] = secs
-        self.cpu[name] = time.process_time() - c0
-        _mark_done(folder, signature, secs)
-        print(f"== {name}: {secs:.1f}s (CPU {self.cpu[name]:.1f}s)", flush=True)
+        self.timings[job.name] = secs
+        self.cpu[job.name] = time.process_time() - c0
+        _mark_done(job.folder, job.signature, secs)
+        print(f"== {job.name}: {secs:.1f}s (CPU {self.cpu[job.name]:.1f}s)", flush=True)
+
+    def run_parallel(self, jobs: list[Job]) -> None:
+        """Run jobs in up to ``workers`` child processes (one torch thread each unless --threads says
+        otherwise); each child logs to <folder>.log, progress bars follow their metrics.jsonl."""
+        todo = [j for j in jobs if not self._reusable(j)]
+        if self.cfg.workers <= 1 or len(todo) <= 1:
+            for j in todo:
+                self.run(j)
+            return
+        from tqdm.auto import tqdm
+
+        print(
+            f"\n== {', '.join(j.name for j in todo)} ({min(self.cfg.workers, len(todo))} in parallel) ==",
+            flush=True,
+        )
+        pending, running, failed = list(todo), {}, []
+        bars = {}
+        try:
+            while pending or running:
+                while pending and len(running) < self.cfg.workers:
+                    job = pending.pop(0)
+                    running[job.name] = (job, _spawn(self.cfg, self.root, job), time.perf_counter())
+                    bars[job.name] = tqdm(total=job.total or None, desc=job.name, disable=not self.cfg.progress,
+                                          position=len(bars), leave=True, dynamic_ncols=True)  # fmt: skip
+                time.sleep(0.5)
+                for name, (job, proc, t0) in list(running.items()):
+                    bar = bars[name]
+                    done = _count_lines(job.folder / "metrics.jsonl")
+                    if done > bar.n:
+                        bar.update(done - bar.n)
+                    if proc.poll() is None:
+                        continue
+                    del running[name]
+                    bar.close()
+                    secs = time.perf_counter() - t0
+                    if proc.returncode != 0:
+                        failed.append((job, proc.returncode))
+                        continue
+                    self.timings[name] = secs
+                    result = _read_json(job.folder.with_name(job.folder.name + ".job.json"))
+                    self.cpu[name] = float(result.get("cpu_s", float("nan")))
+                    _mark_done(job.folder, job.signature, secs)
+                    print(f"== {name}: {secs:.1f}s (CPU {self.cpu[name]:.1f}s)", flush=True)
+        except BaseException:
+            for _, proc, _ in running.values():
+                proc.terminate()
+            raise
+        if failed:
+            job, rc = failed[0]
+            log_path = job.folder.with_name(job.folder.name + ".log")
+            tail = (
+                "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-15:])
+                if log_path.is_file()
+                else ""
+            )
+            raise RtoError(f"stage '{job.name}' failed (exit status {rc}); last lines of {log_path}:\n{tail}")
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _spawn(cfg: DemoConfig, root: Path, job: Job):
+    """Start a child `python` running one job; the parent's sys.path goes along (a plug-in gold reward
+    importable here must be importable there)."""
+    import subprocess
+    import sys
+
+    spec = {"cfg": dataclasses.asdict(cfg), "root": str(root), "func": job.func, "kwargs": job.kwargs}
+    job.folder.parent.mkdir(parents=True, exist_ok=True)
+    spec_path = job.folder.with_name(job.folder.name + ".job.json")
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["OMP_NUM_THREADS"] = str(cfg.threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log_file = job.folder.with_name(job.folder.name + ".log").open("w")
+    code = "import sys; from rto.demo import child_main; sys.exit(child_main(sys.argv[1]))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(spec_path)], stdout=log_file, stderr=subprocess.STDOUT, env=env
+    )
+
+
+def child_main(spec_path: str) -> int:
+    """Entry point of a parallel stage process: run the job, write its CPU time beside the spec."""
+    import traceback
+
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = DemoConfig(**spec["cfg"])
+    cfg.progress = False
+    torch.set_num_threads(cfg.threads)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_transformers()
+    c0 = time.process_time()
+    try:
+        globals()[spec["func"]](cfg, Path(spec["root"]), **spec["kwargs"])
+    except Exception:
+        traceback.print_exc()
+        return 1
+    spec["cpu_s"] = time.process_time() - c0
+    Path(spec_path).write_text(json.dumps(spec))
+    return 0
 
 
 def _common_train(cfg: DemoConfig) -> dict:
@@ -332,100 +468,112 @@ def run_demo(cfg: DemoConfig) -> Path:
     import torch
 
     cfg = resolve(cfg)
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.reuse:
+    root = Path(cfg.out)
+    if root.exists() and any(root.iterdir()) and not cfg.reuse:
         raise RtoError(
-            f"output folder '{out}' is not empty: pass --reuse to continue that run, or another --out"
+            f"output folder '{root}' is not empty: pass --reuse to continue that run, or another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_transformers()
     from rto.config import save_config
-
-    save_config(cfg, out)
-    t_start = time.perf_counter()
-    pipe = Pipeline(cfg)
     from rto.tasks.gold import load_gold_reward
 
-    gold_fn = load_gold_reward(cfg.gold_reward)
+    load_gold_reward(cfg.gold_reward)  # fail now, not after training, if the spec is wrong
+    save_config(cfg, root)
+    t_start = time.perf_counter()
     load_avg_start = _loadavg()
     print(
-        f"rto demo: preset {cfg.preset}, model {cfg.size}, {cfg.seeds} RL seed(s), gold reward {cfg.gold_reward}, "
-        f"out {out}, {cfg.threads} torch threads, load average {load_avg_start}",
+        f"rto demo: preset {cfg.preset}, GPT-2 {cfg.size}, {cfg.seeds} RL seed(s), gold reward '{cfg.gold_reward}', "
+        f"{cfg.workers} worker(s) x {cfg.threads} torch thread(s), out {root} (load average {load_avg_start})",
         flush=True,
     )
-
-    data = out / "data"
-    pipe.stage("data", data, _sig(cfg, "n_reviews", "n_pref_prompts", "n_eval_prompts", "ppo_iterations",
-                                  "rollout_batch_size", "seed"), lambda: stage_data(cfg, data))  # fmt: skip
-    init = out / "init"
-    pipe.stage("model", init, _sig(cfg, "n_reviews", "size", "seed"), lambda: stage_init(cfg, data, init))
-    sft = out / "sft"
-    pipe.stage("sft", sft, _sig(cfg, "n_reviews", "size", "seed", "sft_steps", "sft_batch_size", "sft_lr"),
-               lambda: stage_sft(cfg, init, data, sft))  # fmt: skip
-    base_sig = _sig(cfg, "n_reviews", "size", "seed", "sft_steps", "sft_batch_size", "sft_lr")
-    label_sig = {**base_sig, **_sig(cfg, "n_pref_prompts", "n_eval_prompts", "n_heldout_pairs", "tau",
-                                    "max_new_tokens", "gold_reward")}  # fmt: skip
-    labels = out / "data" / "labels"
-    pipe.stage("label", labels, label_sig, lambda: stage_label(cfg, sft, data, labels, gold_fn))
-    rm = out / "rm"
-    pipe.stage("rm", rm, {**label_sig, **_sig(cfg, "rm_epochs", "rm_lr", "pref_batch_size")},
-               lambda: stage_rm(cfg, sft, labels, rm))  # fmt: skip
-    dpo = out / "dpo"
-    pipe.stage("dpo", dpo, {**label_sig, **_sig(cfg, "dpo_epochs", "dpo_lr", "dpo_beta", "pref_batch_size")},
-               lambda: stage_dpo(cfg, sft, labels, dpo))  # fmt: skip
-    rl_sig = {
-        **label_sig,
-        **_sig(cfg, "rm_epochs", "rm_lr", "dpo_epochs", "dpo_lr", "dpo_beta", "pref_batch_size", "ppo_iterations",
-               "rollout_batch_size", "mini_batch_size", "actor_lr", "critic_lr", "ppo_epochs", "beta1", "beta2",
-               "beta3"),
-    }  # fmt: skip
-    runs: dict[str, Path] = {}
-    for k in range(cfg.seeds):
-        for mode in ("ppo", "rto"):
-            folder = out / f"{mode}-seed{k}"
-            runs[f"{mode}-seed{k}"] = folder
-            pipe.stage(f"{mode} seed {k}", folder, {**rl_sig, "rl_seed": cfg.seed + k},
-                       lambda m=mode, k=k, f=folder: stage_rl(cfg, m, k, sft, rm, dpo, data, f, gold_fn))  # fmt: skip
-    eval_dir = out / "eval"
-    eval_sig = {**rl_sig, "seeds": cfg.seeds, **_sig(cfg, "eval_samples", "best_of_n")}
-    pipe.stage("eval", eval_dir, eval_sig,
-               lambda: stage_eval(cfg, sft, rm, dpo, runs, data, labels, eval_dir, gold_fn))  # fmt: skip
-    pipe.info["load_average_start"] = load_avg_start
-    pipe.info["load_average_end"] = _loadavg()
+    pipe = Pipeline(cfg)
+    sigs = stage_signatures(cfg)
+    pipe.run(Job("data", root / "data", sigs["data"], "stage_data"))
+    pipe.run(Job("model", root / "init", sigs["model"], "stage_init"))
+    pipe.run(Job("sft", root / "sft", sigs["sft"], "stage_sft"))
+    pipe.run(Job("label", root / "data" / "labels", sigs["label"], "stage_label"))
+    n_pairs = _count_lines(root / "data" / "labels" / "preferences.jsonl")
+    pref_steps = {
+        k: max(1, int(n_pairs * getattr(cfg, f"{k}_epochs") // cfg.pref_batch_size)) for k in ("rm", "dpo")
+    }
+    pipe.run_parallel(
+        [
+            Job("rm", root / "rm", sigs["rm"], "stage_rm", total=pref_steps["rm"]),
+            Job("dpo", root / "dpo", sigs["dpo"], "stage_dpo", total=pref_steps["dpo"]),
+        ]
+    )
+    rl_jobs = [
+        Job(f"{mode}-seed{k}", root / f"{mode}-seed{k}", {**sigs["rl"], "rl_seed": cfg.seed + k}, "stage_rl",
+            {"mode": mode, "k": k}, total=cfg.ppo_iterations)
+        for k in range(cfg.seeds)
+        for mode in ("ppo", "rto")
+    ]  # fmt: skip
+    pipe.run_parallel(rl_jobs)
+    pipe.run(Job("eval", root / "eval", sigs["eval"], "stage_eval"))
     total = time.perf_counter() - t_start
+
     from rto.report import build_report
+    from rto.report.tables import summary_text
 
     t0 = time.perf_counter()
     print("\n== report ==", flush=True)
     run_info = {
         "config": dataclasses.asdict(cfg),
-        "timings_s": {**pipe.timings},
-        "cpu_s": {**pipe.cpu},
+        "timings_s": dict(pipe.timings),
+        "cpu_s": dict(pipe.cpu),
         "total_s_before_report": total,
         "machine": {
             "cpu_count": os.cpu_count(),
+            "workers": cfg.workers,
             "torch_threads": cfg.threads,
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "load_average_start": load_avg_start,
-            "load_average_end": pipe.info["load_average_end"],
+            "load_average_end": _loadavg(),
         },
         "reused_stages": cfg.reuse,
     }
-    report = build_report(out, run_info)
-    pipe.timings["report"] = time.perf_counter() - t0
-    total = time.perf_counter() - t_start
-    report["run"]["timings_s"]["report"] = pipe.timings["report"]
-    report["run"]["total_s"] = total
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    from rto.report.tables import summary_text
-
+    report = build_report(root, run_info)
+    report["run"]["timings_s"]["report"] = time.perf_counter() - t0
+    report["run"]["total_s"] = time.perf_counter() - t_start
+    (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\n" + summary_text(report), flush=True)
-    print(f"\nrto demo: done in {total / 60:.1f} min -> {out / 'report.md'}", flush=True)
-    return out
+    print(f"\nrto demo: done in {report['run']['total_s'] / 60:.1f} min -> {root / 'report.md'}", flush=True)
+    return root
+
+
+def stage_signatures(cfg: DemoConfig) -> dict[str, dict]:
+    """The settings each stage's output depends on (its own and its inputs'): --reuse reuses a stage only
+    when they are unchanged."""
+    data = {
+        **_sig(cfg, "n_reviews", "n_eval_prompts", "seed"),
+        "train_prompts": max(cfg.n_pref_prompts, N_TRAIN_PROMPTS),
+    }
+    model = {**data, **_sig(cfg, "size")}
+    sft = {**model, **_sig(cfg, "sft_steps", "sft_batch_size", "sft_lr")}
+    label = {**sft, **_sig(cfg, "n_pref_prompts", "n_heldout_pairs", "tau", "max_new_tokens", "gold_reward")}
+    rm = {**label, **_sig(cfg, "rm_epochs", "rm_lr", "pref_batch_size")}
+    dpo = {**label, **_sig(cfg, "dpo_epochs", "dpo_lr", "dpo_beta", "pref_batch_size")}
+    rl = {
+        **rm,
+        **dpo,
+        **_sig(cfg, "mini_batch_size", "actor_lr", "critic_lr", "ppo_epochs", "beta1", "beta2", "beta3"),
+    }
+    ev = {**rl, **_sig(cfg, "seeds", "eval_samples", "best_of_n")}
+    return {
+        "data": data,
+        "model": model,
+        "sft": sft,
+        "label": label,
+        "rm": rm,
+        "dpo": dpo,
+        "rl": rl,
+        "eval": ev,
+    }
 
 
 def _sig(cfg: DemoConfig, *names: str) -> dict:
@@ -451,15 +599,18 @@ def _quiet_transformers() -> None:
 
 
 # ----------------------------------------------------------------------------- stages
+# Each stage is func(cfg, root, ...) and finds its inputs by the folder layout under root.
 
 
-def stage_data(cfg: DemoConfig, data: Path) -> None:
+def stage_data(cfg: DemoConfig, root: Path) -> None:
     from rto.tasks.sentiment import generate_examples
 
+    data = root / "data"
     examples = generate_examples(cfg.n_reviews, seed=cfg.seed)
     write_jsonl(data / "sft.jsonl", examples)
-    n_rl = cfg.ppo_iterations * cfg.rollout_batch_size
-    train, held_out = split_prompts(max(cfg.n_pref_prompts, n_rl), cfg.n_eval_prompts, cfg.seed)
+    # PPO cycles through the training prompts (reshuffled each pass), so their number need not follow the
+    # rollout budget; the preference pairs use the first n_pref_prompts of them.
+    train, held_out = split_prompts(max(cfg.n_pref_prompts, N_TRAIN_PROMPTS), cfg.n_eval_prompts, cfg.seed)
     write_jsonl(data / "prompts_train.jsonl", [{"prompt": p} for p in train])
     write_jsonl(data / "prompts_eval.jsonl", [{"prompt": p} for p in held_out])
     print(
@@ -468,30 +619,30 @@ def stage_data(cfg: DemoConfig, data: Path) -> None:
     )
 
 
-def stage_init(cfg: DemoConfig, data: Path, init: Path) -> None:
+def stage_init(cfg: DemoConfig, root: Path) -> None:
     import torch
     from transformers import GPT2LMHeadModel
 
     from rto.tasks.sentiment import build_sentiment_tokenizer, tiny_gpt2_config
 
-    rows = read_jsonl(data / "sft.jsonl")
+    rows = read_jsonl(root / "data" / "sft.jsonl")
     tok = build_sentiment_tokenizer(r["prompt"] + r["completion"] for r in rows)
     torch.manual_seed(cfg.seed)
     model = GPT2LMHeadModel(tiny_gpt2_config(tok, cfg.size))
-    model.save_pretrained(init)
-    tok.save_pretrained(init)
+    model.save_pretrained(root / "init")
+    tok.save_pretrained(root / "init")
     n = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {len(tok)} tokens; GPT-2 '{cfg.size}': {n / 1e6:.2f}M parameters")
 
 
-def stage_sft(cfg: DemoConfig, init: Path, data: Path, sft: Path) -> None:
+def stage_sft(cfg: DemoConfig, root: Path) -> None:
     from rto.config import SFTConfig
     from rto.trainers.sft import train_sft
 
     train_sft(
         SFTConfig(
-            model=str(init), data=str(data / "sft.jsonl"), output_dir=str(sft), seed=cfg.seed,
-            learning_rate=cfg.sft_lr, max_steps=cfg.sft_steps, per_device_batch_size=cfg.sft_batch_size,
+            model=str(root / "init"), data=str(root / "data" / "sft.jsonl"), output_dir=str(root / "sft"),
+            seed=cfg.seed, learning_rate=cfg.sft_lr, max_steps=cfg.sft_steps, per_device_batch_size=cfg.sft_batch_size,
             warmup_ratio=0.05, max_length=128, **_common_train(cfg),
         )
     )  # fmt: skip
@@ -506,12 +657,15 @@ def _load_lm(path: Path):
     return tok, model
 
 
-def stage_label(cfg: DemoConfig, sft: Path, data: Path, labels: Path, gold_fn: Callable) -> None:
+def stage_label(cfg: DemoConfig, root: Path) -> None:
     from rto.label import label_pairs, label_stats, write_preferences
+    from rto.tasks.gold import load_gold_reward
 
-    tok, model = _load_lm(sft)
-    train = [r["prompt"] for r in read_jsonl(data / "prompts_train.jsonl")][: cfg.n_pref_prompts]
-    held_out = [r["prompt"] for r in read_jsonl(data / "prompts_eval.jsonl")]
+    gold_fn = load_gold_reward(cfg.gold_reward)
+    labels = root / "data" / "labels"
+    tok, model = _load_lm(root / "sft")
+    train = [r["prompt"] for r in read_jsonl(root / "data" / "prompts_train.jsonl")][: cfg.n_pref_prompts]
+    held_out = [r["prompt"] for r in read_jsonl(root / "data" / "prompts_eval.jsonl")]
     kw = dict(tau=cfg.tau, max_new_tokens=cfg.max_new_tokens, batch_size=256)
     prefs, train_stats = label_pairs(model, tok, train, gold_fn, seed=cfg.seed, **kw)
     write_preferences(labels / "preferences.jsonl", prefs)
@@ -530,68 +684,75 @@ def stage_label(cfg: DemoConfig, sft: Path, data: Path, labels: Path, gold_fn: C
     (labels / "label_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     s = stats["train"]
     print(
-        f"{s['pairs']} training pairs ({s['identical_skipped']} identical, {s['empty_skipped']} with an empty response "
-        "skipped); chosen has the higher gold in "
-        f"{s['agreement_with_gold']:.1%}; {stats['heldout']['pairs']} held-out pairs"
+        f"{s['pairs']} training pairs ({s['identical_skipped']} identical, {s['empty_skipped']} with an empty "
+        f"response skipped); chosen has the higher gold in {s['agreement_with_gold']:.1%}; "
+        f"{stats['heldout']['pairs']} held-out pairs"
     )
 
 
-def stage_rm(cfg: DemoConfig, sft: Path, labels: Path, rm: Path) -> None:
+def stage_rm(cfg: DemoConfig, root: Path) -> None:
     from rto.config import RewardConfig
     from rto.trainers.reward import train_reward
 
     train_reward(
         RewardConfig(
-            model=str(sft), data=str(labels / "preferences.jsonl"), output_dir=str(rm), seed=cfg.seed,
-            learning_rate=cfg.rm_lr, num_epochs=cfg.rm_epochs, per_device_batch_size=cfg.pref_batch_size,
-            warmup_ratio=0.05, max_length=128, **_common_train(cfg),
+            model=str(root / "sft"), data=str(root / "data" / "labels" / "preferences.jsonl"),
+            output_dir=str(root / "rm"), seed=cfg.seed, learning_rate=cfg.rm_lr, num_epochs=cfg.rm_epochs,
+            per_device_batch_size=cfg.pref_batch_size, warmup_ratio=0.05, max_length=128, **_common_train(cfg),
         )
     )  # fmt: skip
 
 
-def stage_dpo(cfg: DemoConfig, sft: Path, labels: Path, dpo: Path) -> None:
+def stage_dpo(cfg: DemoConfig, root: Path) -> None:
     from rto.config import DPOConfig
     from rto.trainers.dpo import train_dpo
 
     train_dpo(
         DPOConfig(
-            model=str(sft), data=str(labels / "preferences.jsonl"), output_dir=str(dpo), seed=cfg.seed,
-            learning_rate=cfg.dpo_lr, num_epochs=cfg.dpo_epochs, per_device_batch_size=cfg.pref_batch_size,
-            beta=cfg.dpo_beta, warmup_ratio=0.05, max_length=128, **_common_train(cfg),
+            model=str(root / "sft"), data=str(root / "data" / "labels" / "preferences.jsonl"),
+            output_dir=str(root / "dpo"), seed=cfg.seed, learning_rate=cfg.dpo_lr, num_epochs=cfg.dpo_epochs,
+            per_device_batch_size=cfg.pref_batch_size, beta=cfg.dpo_beta, warmup_ratio=0.05, max_length=128,
+            **_common_train(cfg),
         )
     )  # fmt: skip
 
 
-def ppo_config(cfg: DemoConfig, mode: str, k: int, sft: Path, rm: Path, dpo: Path, data: Path, out: Path):
+def ppo_config(cfg: DemoConfig, root: Path, mode: str, k: int):
     """The PPO/RTO config: identical for both methods except the reward mode (RTO: beta1 > 0, DPO model)."""
     from rto.config import PPOConfig
 
     return PPOConfig(
-        policy=str(sft), ref_model=str(sft), reward_model=str(rm),
-        dpo_model=str(dpo) if mode == "rto" else None, reward_mode=mode,
-        prompts=str(data / "prompts_train.jsonl"), output_dir=str(out), seed=cfg.seed + k,
-        beta1=cfg.beta1, beta2=cfg.beta2, beta3=cfg.beta3,
-        max_new_tokens=cfg.max_new_tokens, num_iterations=cfg.ppo_iterations,
-        rollout_batch_size=cfg.rollout_batch_size, mini_batch_size=cfg.mini_batch_size, ppo_epochs=cfg.ppo_epochs,
-        actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr, warmup_ratio=0.0, lr_scheduler="constant",
+        policy=str(root / "sft"), ref_model=str(root / "sft"), reward_model=str(root / "rm"),
+        dpo_model=str(root / "dpo") if mode == "rto" else None, reward_mode=mode,
+        prompts=str(root / "data" / "prompts_train.jsonl"), output_dir=str(root / f"{mode}-seed{k}"),
+        seed=cfg.seed + k, beta1=cfg.beta1, beta2=cfg.beta2, beta3=cfg.beta3, max_new_tokens=cfg.max_new_tokens,
+        num_iterations=cfg.ppo_iterations, rollout_batch_size=cfg.rollout_batch_size,
+        mini_batch_size=cfg.mini_batch_size, ppo_epochs=cfg.ppo_epochs, actor_lr=cfg.actor_lr,
+        critic_lr=cfg.critic_lr, warmup_ratio=0.0, lr_scheduler="constant",
         dump_rollouts=max(1, cfg.ppo_iterations // 4), progress=cfg.progress, max_prompt_length=64,
     )  # fmt: skip
 
 
-def stage_rl(cfg, mode, k, sft, rm, dpo, data, folder, gold_fn) -> None:
+def stage_rl(cfg: DemoConfig, root: Path, mode: str, k: int) -> None:
+    from rto.tasks.gold import load_gold_reward
     from rto.trainers.ppo import train_ppo
 
-    train_ppo(ppo_config(cfg, mode, k, sft, rm, dpo, data, folder), rollout_hook=gold_hook(gold_fn))
+    train_ppo(ppo_config(cfg, root, mode, k), rollout_hook=gold_hook(load_gold_reward(cfg.gold_reward)))
 
 
-def stage_eval(cfg, sft, rm, dpo, runs, data, labels, eval_dir, gold_fn) -> None:
+def stage_eval(cfg: DemoConfig, root: Path) -> None:
     import numpy as np
 
     from rto import models
     from rto.eval import evaluate, format_table, write_eval
+    from rto.tasks.gold import load_gold_reward
 
-    held_out = [r["prompt"] for r in read_jsonl(data / "prompts_eval.jsonl")]
-    policies = {"sft": str(sft), "dpo": str(dpo), **{n: str(p) for n, p in runs.items()}}
+    gold_fn = load_gold_reward(cfg.gold_reward)
+    sft, rm, dpo, eval_dir = root / "sft", root / "rm", root / "dpo", root / "eval"
+    labels = root / "data" / "labels"
+    held_out = [r["prompt"] for r in read_jsonl(root / "data" / "prompts_eval.jsonl")]
+    runs = {f"{m}-seed{k}": str(root / f"{m}-seed{k}") for k in range(cfg.seeds) for m in ("ppo", "rto")}
+    policies = {"sft": str(sft), "dpo": str(dpo), **runs}
     report, records = evaluate(
         policies, held_out, str(sft), gold_fn, reward_model=str(rm), samples_per_prompt=cfg.eval_samples,
         seeds=1, seed=cfg.seed + 777, max_new_tokens=cfg.max_new_tokens, best_of=cfg.best_of_n,
@@ -656,4 +817,12 @@ def _rm_text_scores(
     return out
 
 
-__all__ = ["DemoConfig", "PRESETS", "run_demo", "resolve", "split_prompts", "dpo_token_rewards"]
+__all__ = [
+    "DemoConfig",
+    "PRESETS",
+    "run_demo",
+    "resolve",
+    "split_prompts",
+    "dpo_token_rewards",
+    "stage_signatures",
+]

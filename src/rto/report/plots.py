@@ -154,11 +154,15 @@ def token_rewards(examples: list[dict], path: Path, width_chars: int = 80) -> Pa
             used += len(t)
         lines.append(row)
         lines.append([])
-    char_w, line_h = 0.0105, 1.0 / max(len(lines), 1)
-    fig_h = 0.26 * len(lines) + 0.6
-    fig = plt.figure(figsize=(width_chars * 0.105 + 0.4, fig_h))
+    fig_w = width_chars * 0.085 + 0.6
+    line_h = 1.0 / max(len(lines), 1)
+    fig = plt.figure(figsize=(fig_w, 0.26 * len(lines) + 0.6))
     ax = fig.add_axes([0.01, 0.08, 0.98, 0.9])
     ax.set_axis_off()
+    probe = ax.text(0, 0, "x" * 40, family="monospace", fontsize=9)  # measure one character's advance
+    renderer = fig.canvas.get_renderer()
+    char_w = probe.get_window_extent(renderer).width / 40 / ax.get_window_extent(renderer).width
+    probe.remove()
     for li, row in enumerate(lines):
         y = 1 - (li + 0.5) * line_h
         x = 0.0
@@ -168,7 +172,7 @@ def token_rewards(examples: list[dict], path: Path, width_chars: int = 80) -> Pa
                 continue
             ax.text(x, y, t, family="monospace", fontsize=9, va="center",
                     bbox=dict(boxstyle="square,pad=0.08", facecolor=cmap(norm(r)), edgecolor="none"))  # fmt: skip
-            x += len(t) * char_w * (80 / width_chars)
+            x += len(t) * char_w
     sm = cm.ScalarMappable(norm=norm, cmap=cmap)
     cax = fig.add_axes([0.3, 0.02, 0.4, 0.025])
     fig.colorbar(sm, cax=cax, orientation="horizontal", label="beta * (log pi_dpo - log pi_ref) per token")
