@@ -22,7 +22,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_size(size: str, args: argparse.Namespace) -> dict:
-    out = Path(args.out_dir) / f"bench_{size}.json"
+    suffix = "" if args.threads == 2 else f"_t{args.threads}"
+    out = Path(args.out_dir) / f"bench_{size}{suffix}.json"
     cmd = [
         sys.executable, "-m", "rto.bench", "--model-size", size, "--iterations", str(args.iterations),
         "--warmup-iterations", str(args.warmup), "--threads", str(args.threads), "--json-out", str(out),
@@ -56,6 +57,11 @@ def main() -> int:
             f"{size:<8}{r['model']['params'] / 1e6:>8.2f}M{ra['rto_over_ppo']:>9.3f}{ra['ppo_iteration_over_floor']:>11.3f}"
             f"{ra['rto_iteration_over_floor']:>11.3f}{m['ppo']['iteration_s']:>8.2f}{m['rto']['iteration_s']:>8.2f}"
             f"  {r['machine']['load_avg_start']} -> {r['machine']['load_avg_end']}"
+        )
+        rc = r["ratios_cpu"]
+        print(
+            f"{'':<17}{rc['rto_over_ppo']:>9.3f}{rc['ppo_iteration_over_floor']:>11.3f}"
+            f"{rc['rto_iteration_over_floor']:>11.3f}  (the same in process CPU time)"
         )
         trl = r.get("compare", {}).get("trl")
         if trl and "rto_ppo_over_trl" in trl:
