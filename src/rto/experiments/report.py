@@ -15,8 +15,8 @@ def _fmt(m: dict, key: str, digits: int = 3) -> str:
 
 def method_table(methods: dict) -> list[str]:
     rows = [
-        "| method | seeds | gold [95% CI] | win vs SFT [95% CI] | KL to SFT [95% CI] | length | s/iter (gen/score/train) | passes/iter |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | seeds | gold [95% CI] | win vs SFT [95% CI] | KL to SFT [95% CI] | length | s/iter (gen/score/train) | CPU s/run | passes/iter |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in methods.items():
         t = m.get("time_per_iteration")
@@ -28,10 +28,11 @@ def method_table(methods: dict) -> list[str]:
             if pp
             else "-"
         )
+        m = {"cpu_s_per_run": float("nan"), **m}
         seeds = f"{m['n_seeds']}" + (" (one seed)" if m["single_seed"] else "")
         rows.append(
             f"| {name} | {seeds} | {_fmt(m, 'gold')} | {_fmt(m, 'win')} | {_fmt(m, 'kl', 2)} | "
-            f"{m['length']['mean']:.1f} | {secs} | {passes} |"
+            f"{m['length']['mean']:.1f} | {secs} | {m['cpu_s_per_run']:.0f} | {passes} |"
         )
     return rows
 

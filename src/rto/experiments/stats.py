@@ -31,6 +31,10 @@ def aggregate(results: list[dict], seed: int = 0) -> dict:
         out["time_per_iteration"] = {
             k: float(np.mean([r["time_per_iteration"][k] for r in results])) for k in keys
         }
+    if all("cpu_s" in r for r in results):
+        # CPU seconds of the cell's process (training + evaluation): unlike wall time, barely moved by
+        # other jobs sharing the machine
+        out["cpu_s_per_run"] = float(np.mean([r["cpu_s"] for r in results]))
     if results[0].get("passes_per_iteration"):
         out["passes_per_iteration"] = results[0]["passes_per_iteration"]
     return out
