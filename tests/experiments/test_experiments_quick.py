@@ -55,6 +55,9 @@ def test_variants_table_claims_and_costs(variants):
     assert m["RTO"]["passes_per_iteration"]["scoring_forwards"]["dpo"] == 1
     assert m["PPO"]["passes_per_iteration"]["scoring_forwards"]["dpo"] == 0
     assert m["REINFORCE++"]["passes_per_iteration"]["scoring_forwards"]["critic"] == 0
+    for c in res["claims"]:
+        assert c["status"] in ("holds", "not shown", "contradicted") and c["single_seed"]
+    assert res["cells_cpu_s"] > 0 and m["RTO"]["cpu_s_per_run"] > 0
     claims = {c["claim"] for c in res["claims"]}
     assert any("Semi-RTO > DDPO" in c for c in claims) and any("RS-PPO" in c for c in claims)
     text = (variants / "summary.md").read_text()
