@@ -81,6 +81,7 @@ def test_json_has_every_field_finite_and_positive(smoke):
         assert m["response_tokens"] == 4 * m["generated_steps"] or m["response_tokens"] <= 4 * 4
     assert all(_positive_finite(v) for v in data["ratios"].values())
     assert all(_positive_finite(v) for v in data["ratios_cpu"].values())
+    assert all(_positive_finite(v) for v in data["ratios_from_phase_sums"].values())
     assert data["checks"]["generation_stops_when_all_ended"] is True
     assert data["checks"]["scoring_under_inference_mode"] is True
     assert data["checks"]["tokenizer_calls_in_hot_path"] == 0
@@ -105,6 +106,13 @@ def test_ratios_are_quotients_of_the_reported_times(smoke):
         assert m["tokens_per_s"]["iteration"] == pytest.approx(
             m["response_tokens"] / m["iteration_s"], rel=1e-12
         )
+    rs = data["ratios_from_phase_sums"]
+    for m in (ppo, rto):
+        ph, fl = m["phases_s"], m["floor_s"]
+        assert m["phase_sum_s"] == pytest.approx(ph["generation"] + ph["score"] + ph["targets"] + ph["train"])
+        assert m["floor_phase_sum_s"] == pytest.approx(fl["generation"] + fl["score"] + fl["train"])
+    assert rs["rto_over_ppo"] == pytest.approx(rto["phase_sum_s"] / ppo["phase_sum_s"], rel=1e-12)
+    assert rs["rto_iteration_over_floor"] == pytest.approx(rto["phase_sum_s"] / rto["floor_phase_sum_s"])
     rc = data["ratios_cpu"]
     assert rc["rto_over_ppo"] == pytest.approx(
         rto["cpu_s"]["iteration"] / ppo["cpu_s"]["iteration"], rel=1e-12
