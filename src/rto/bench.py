@@ -652,6 +652,9 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
             # Per-round RTO/PPO quotients (the two iterations of a round run back to back): their spread
             # shows how much the machine's noise moves the ratio.
             "ratios_per_round": {"rto_over_ppo": paired},
+            # RTO's intrinsic price: its extra scoring pass as a fraction of a PPO iteration
+            "dpo_pass_over_ppo_iteration": modes["rto"]["phases_s"]["score.dpo"]
+            / modes["ppo"]["iteration_s"],
             "ratios_from_phase_sums": {
                 "rto_over_ppo": modes["rto"]["phase_sum_s"] / modes["ppo"]["phase_sum_s"],
                 "ppo_iteration_over_floor": modes["ppo"]["phase_sum_s"] / modes["ppo"]["floor_phase_sum_s"],
@@ -871,6 +874,9 @@ def format_table(result: dict[str, Any]) -> str:
         verdict = "met" if t["met"] else f"NOT met, over by {t['over_by_pct']:.1f}%"
         lines.append(f"{t['name']:<32} {t['value']:.3f}  (target <= {t['limit']:.2f})  {verdict}")
     rs = result["ratios_from_phase_sums"]
+    lines.append(
+        f"the DPO scoring pass = {100 * result['dpo_pass_over_ppo_iteration']:.1f}% of a PPO iteration"
+    )
     lines.append(
         f"from sums of per-phase {result['config']['statistic']}s: RTO/PPO {rs['rto_over_ppo']:.3f}, "
         f"PPO/floor {rs['ppo_iteration_over_floor']:.3f}, RTO/floor {rs['rto_iteration_over_floor']:.3f}"

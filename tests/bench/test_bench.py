@@ -106,6 +106,9 @@ def test_ratios_are_quotients_of_the_reported_times(smoke):
         assert m["tokens_per_s"]["iteration"] == pytest.approx(
             m["response_tokens"] / m["iteration_s"], rel=1e-12
         )
+    assert data["dpo_pass_over_ppo_iteration"] == pytest.approx(
+        rto["phases_s"]["score.dpo"] / ppo["iteration_s"]
+    )
     rs = data["ratios_from_phase_sums"]
     for m in (ppo, rto):
         ph, fl = m["phases_s"], m["floor_s"]
