@@ -5,12 +5,15 @@
 # trl.experimental.ppo up to trl 1.12.0.
 #
 #   bash benchmarks/compare_trl.sh                 # tiny model, results in benchmarks/results/bench_trl_tiny.json
-#   SIZE=medium ITERATIONS=3 bash benchmarks/compare_trl.sh
+#   SIZE=medium ITERATIONS=3 THREADS=1 bash benchmarks/compare_trl.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TRL_VENV:-/tmp/rto-trl-venv}"
 SIZE="${SIZE:-tiny}"
 ITERATIONS="${ITERATIONS:-5}"
+THREADS="${THREADS:-2}"
+SUFFIX=""
+[ "$THREADS" = "2" ] || SUFFIX="_t${THREADS}"
 if [ ! -x "$VENV/bin/python" ]; then
   python -m venv --system-site-packages "$VENV"
 fi
@@ -19,4 +22,4 @@ if ! "$VENV/bin/python" -c "import trl.experimental.ppo" 2>/dev/null; then
 fi
 mkdir -p benchmarks/results
 TRL_EXPERIMENTAL_SILENCE=1 "$VENV/bin/python" -m rto.bench --model-size "$SIZE" --iterations "$ITERATIONS" \
-  --compare trl --json-out "benchmarks/results/bench_trl_${SIZE}.json"
+  --threads "$THREADS" --compare trl --json-out "benchmarks/results/bench_trl_${SIZE}${SUFFIX}.json"
