@@ -44,19 +44,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         size="micro", seeds=1, n_reviews=400, sft_steps=25, sft_batch_size=16, n_pref_prompts=48,
         n_eval_prompts=12, n_heldout_pairs=16, rm_epochs=1.0, dpo_epochs=1.0, pref_batch_size=16,
         ppo_iterations=2, rollout_batch_size=16, mini_batch_size=8, eval_samples=1, best_of_n=4,
-        max_new_tokens=20,
+        max_new_tokens=20, workers=1,
     ),
     "smoke": dict(
         size="micro", seeds=1, n_reviews=2000, sft_steps=150, sft_batch_size=32, n_pref_prompts=256,
         n_eval_prompts=32, n_heldout_pairs=64, rm_epochs=2.0, dpo_epochs=2.0, pref_batch_size=32,
         ppo_iterations=10, rollout_batch_size=32, mini_batch_size=16, eval_samples=2, best_of_n=8,
-        max_new_tokens=40,
+        max_new_tokens=40, workers=2,
     ),
     "default": dict(
         size="tiny", seeds=2, n_reviews=5000, sft_steps=300, sft_batch_size=32, n_pref_prompts=1000,
         n_eval_prompts=128, n_heldout_pairs=200, rm_epochs=2.0, dpo_epochs=2.0, pref_batch_size=32,
         ppo_iterations=60, rollout_batch_size=64, mini_batch_size=16, eval_samples=2, best_of_n=16,
-        max_new_tokens=48,
+        max_new_tokens=48, workers=2,
     ),
 }  # fmt: skip
 
@@ -133,8 +133,9 @@ class DemoConfig:
     beta3: float = 1.0
     """Weight of the normalised RM score at the last token (both methods)."""
     # --- running ---
-    workers: int = 2
-    """Processes for independent stages (RM and DPO; the PPO/RTO runs): 2 uses both cores of a 2-core CPU."""
+    workers: int | None = None
+    """Processes for independent stages (RM and DPO; the PPO/RTO runs): 2 uses both cores of a 2-core CPU
+    (the test preset runs in-process: starting a process costs ~7 s, more than its tiny stages)."""
     threads: int = 1
     """torch CPU threads per process. One thread per process is much faster for ~1M-parameter models, and
     is robust when other jobs share the CPU (two threads on busy cores can be 10x slower)."""
@@ -215,16 +216,19 @@ def _stage_done(folder: Path, signature: dict) -> bool:
         return False
 
 
-def _mark_done(folder: Path, signature: dict, seconds: float) -> None:
+def _mark_done(folder: Path, signature: dict, seconds: float, cpu_seconds: float | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STAGE_MARKER).write_text(json.dumps({"signature": signature, "seconds": seconds}, indent=1))
+    marker = {"signature": signature, "seconds": seconds, "cpu_seconds": cpu_seconds}
+    (folder / STAGE_MARKER).write_text(json.dumps(marker, indent=1))
 
 
-def _stage_seconds(folder: Path) -> float | None:
+def _stage_seconds(folder: Path) -> tuple[float | None, float | None]:
+    """(wall, CPU) seconds recorded when the stage ran."""
     try:
-        return float(json.loads((folder / STAGE_MARKER).read_text())["seconds"])
-    except (OSError, KeyError, ValueError):
-        return None
+        marker = json.loads((folder / STAGE_MARKER).read_text())
+        return float(marker["seconds"]), marker.get("cpu_seconds")
+    except (OSError, KeyError, ValueError, TypeError):
+        return None, None
 
 
 def split_prompts(n_train: int, n_eval: int, seed: int) -> tuple[list[str], list[str]]:
@@ -322,12 +326,16 @@ class Pipeline:
         self.root = Path(cfg.out)
         self.timings: dict[str, float] = {}
         self.cpu: dict[str, float] = {}  # CPU seconds of the stage's process: a load-independent measure
+        self.reused: list[str] = []  # stages taken from an earlier run (their times are that run's)
 
     def _reusable(self, job: Job) -> bool:
         if self.cfg.reuse and _stage_done(job.folder, job.signature):
-            secs = _stage_seconds(job.folder)
+            secs, cpu = _stage_seconds(job.folder)
             print(f"== {job.name}: reusing {job.folder}", flush=True)
             self.timings[job.name] = secs if secs is not None else 0.0
+            if cpu is not None:
+                self.cpu[job.name] = cpu
+            self.reused.append(job.name)
             return True
         return False
 
@@ -340,7 +348,7 @@ class Pipeline:
         secs = time.perf_counter() - t0
         self.timings[job.name] = secs
         self.cpu[job.name] = time.process_time() - c0
-        _mark_done(job.folder, job.signature, secs)
+        _mark_done(job.folder, job.signature, secs, self.cpu[job.name])
         print(f"== {job.name}: {secs:.1f}s (CPU {self.cpu[job.name]:.1f}s)", flush=True)
 
     def run_parallel(self, jobs: list[Job]) -> None:
@@ -383,7 +391,7 @@ class Pipeline:
                     self.timings[name] = secs
                     result = _read_json(job.folder.with_name(job.folder.name + ".job.json"))
                     self.cpu[name] = float(result.get("cpu_s", float("nan")))
-                    _mark_done(job.folder, job.signature, secs)
+                    _mark_done(job.folder, job.signature, secs, self.cpu[name])
                     print(f"== {name}: {secs:.1f}s (CPU {self.cpu[name]:.1f}s)", flush=True)
         except BaseException:
             for _, proc, _ in running.values():
@@ -535,7 +543,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             "load_average_start": load_avg_start,
             "load_average_end": _loadavg(),
         },
-        "reused_stages": cfg.reuse,
+        "reused_stages": pipe.reused,
     }
     report = build_report(root, run_info)
     report["run"]["timings_s"]["report"] = time.perf_counter() - t0

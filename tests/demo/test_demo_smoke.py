@@ -114,8 +114,9 @@ def test_demo_data_is_disjoint_and_labels_hold_no_gold(demo_run):
 
 
 def test_plugin_gold_through_demo(demo_run, tmp_path, monkeypatch):
-    """A module:function gold reward: labelling, the PPO gold curve and evaluation all use it. The SFT
-    stage is reused from the vader run (its settings do not involve the gold reward)."""
+    """A module:function gold reward: labelling, the PPO gold curve and evaluation all use it, also in the
+    worker processes. The SFT stage is reused from the vader run (its settings do not involve the gold
+    reward)."""
     (tmp_path / "my_gold_mod.py").write_text(PLUGIN_GOLD)
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
@@ -124,9 +125,11 @@ def test_plugin_gold_through_demo(demo_run, tmp_path, monkeypatch):
         src = demo_run / sub
         (shutil.copytree(src, out / sub) if src.is_dir() else shutil.copy(src, out / sub))
     shutil.rmtree(out / "data" / "labels")
-    run_demo(
-        DemoConfig(out=str(out), preset="test", gold_reward="my_gold_mod:gold", reuse=True, progress=False)
+    # workers=2: the RM/DPO and PPO/RTO stages run in child processes, which must find the plug-in module
+    cfg = DemoConfig(
+        out=str(out), preset="test", gold_reward="my_gold_mod:gold", reuse=True, progress=False, workers=2
     )
+    run_demo(cfg)
     report = json.loads((out / "report.json").read_text())
     assert report["eval_settings"]["gold_reward"] == "my_gold_mod:gold"
     samples = _read_jsonl(out / "eval" / "samples.jsonl")
@@ -137,6 +140,8 @@ def test_plugin_gold_through_demo(demo_run, tmp_path, monkeypatch):
     assert [g["chosen_gold"] for g in gold] == pytest.approx(plugin_gold([p["chosen"] for p in pairs]))
     metrics = _read_jsonl(out / "ppo-seed0" / "metrics.jsonl")
     assert all(0.0 <= m["gold"] <= 1.0 or m["gold"] == -1.0 for m in metrics)
+    assert (out / "ppo-seed0.log").is_file() and (out / "rm.log").is_file()  # ran as worker processes
+    assert set(report["run"]["reused_stages"]) == {"data", "model", "sft"}
 
 
 def test_label_command_with_a_gold_file(demo_run, tmp_path):

@@ -185,7 +185,8 @@ def build_report(out: str | Path, run: dict[str, Any]) -> dict[str, Any]:
             f"{rto['gold_mean']:+.3f} [{rto['gold_ci'][0]:+.3f}, {rto['gold_ci'][1]:+.3f}], PPO {ppo['gold_mean']:+.3f} "
             f"[{ppo['gold_ci'][0]:+.3f}, {ppo['gold_ci'][1]:+.3f}]; RTO - PPO = {main['diff']:+.3f} "
             f"[{main['ci'][0]:+.3f}, {main['ci'][1]:+.3f}] (95% CI, bootstrap over {len(rto.get('seeds', []))} RL "
-            f"seed(s) and the prompts)."
+            f"seed(s) and the prompts). KL to the SFT model: RTO {rto['kl_mean']:.2f}, PPO {ppo['kl_mean']:.2f} "
+            "(compare at equal KL on the gold-vs-KL plot)."
         )
     else:
         sentence = "Verdict on this run: PPO and RTO were not both evaluated."
@@ -308,9 +309,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{ev.get('max_new_tokens')} new tokens. CIs: {ev.get('ci')}. Win rate: against the SFT model's sample for the "
         "same prompt and sampling seed, judged by gold, ties count half. KL: sampled, per sequence, "
         "sum of log pi - log pi_ref over the policy's own response tokens.",
-        f"- **Run time.** {total / 60:.1f} min for all stages up to evaluation ({machine.get('cpu_count')} CPUs, "
-        f"{machine.get('torch_threads')} torch threads; load average at start {machine.get('load_average_start')}, at end "
-        f"{machine.get('load_average_end')}).",
+        f"- **Run time.** {total / 60:.1f} min for all stages up to evaluation on {machine.get('cpu_count')} CPUs "
+        f"({machine.get('workers', 1)} worker process(es) x {machine.get('torch_threads')} torch thread(s); load "
+        f"average at start {machine.get('load_average_start')}, at end {machine.get('load_average_end')}; other jobs "
+        "sharing the CPU slow it down)."
+        + (
+            f" Stages reused from an earlier run: {', '.join(run['reused_stages'])}."
+            if run.get("reused_stages")
+            else ""
+        ),
         "",
         "## Results on held-out prompts",
         "",
@@ -370,7 +377,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     for key, cap in captions:
         if key in p:
             lines += [f"![{key}]({p[key]})", "", cap, ""]
-    lines += ["## Stage timings", "", timings_markdown(t), ""]
+    lines += [
+        "## Stage timings",
+        "",
+        "Wall and CPU seconds per stage; RM and DPO, and the RL runs, ran two at a time in parallel, so the wall "
+        "times overlap.",
+        "",
+        timings_markdown(t, run.get("cpu_s", {})),
+        "",
+    ]
     lines += [
         "## Notes",
         "",
@@ -378,6 +393,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "seed noise, not the variation of SFT/RM/DPO training, which all seeds share.",
         "- The per-iteration gold is measured on each iteration's rollout (training prompts), the table on held-out "
         "prompts; both use the same gold function.",
+        "- More gold at a larger KL is not the same as a better trade-off: the gold-vs-KL plot shows whether one "
+        "method reaches more gold than the other at the same distance from the SFT model.",
         "",
     ]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLORS = {"sft": "#555555", "dpo": "#2a9d8f", "ppo": "#e76f51", "rto": "#264653", "best-of-n": "#e9c46a"}
+COLORS = {"sft": "#9a9a9a", "dpo": "#2a9d8f", "ppo": "#e76f51", "rto": "#264653", "best-of-n": "#e9c46a"}
 
 
 def _plt():

@@ -63,10 +63,11 @@ def comparisons_markdown(comparisons: dict) -> str:
     return "\n".join(lines)
 
 
-def timings_markdown(timings: dict[str, float]) -> str:
-    lines = ["| stage | seconds |", "|---|---|"]
+def timings_markdown(timings: dict[str, float], cpu: dict[str, float] | None = None) -> str:
+    cpu = cpu or {}
+    lines = ["| stage | wall seconds | CPU seconds |", "|---|---|---|"]
     for k, v in timings.items():
-        lines.append(f"| {k} | {v:.1f} |")
+        lines.append(f"| {k} | {v:.1f} | {_num(cpu.get(k), '.1f')} |")
     return "\n".join(lines)
 
 
