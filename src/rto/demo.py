@@ -23,6 +23,9 @@ import json
 import logging
 import os
 import platform
+import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +37,8 @@ from rto.errors import ConfigError, RtoError
 
 log = logging.getLogger(__name__)
 
-STAGE_MARKER = ".rto_demo_stage.json"
+STAGE_MARKER = ".rto_demo_stage.json"  # written when a stage has completed
+STARTED_MARKER = ".rto_demo_started.json"  # written when a stage starts
 N_TRAIN_PROMPTS = 4000  # training prompts written (at least n_pref_prompts)
 
 # Budgets per preset. "default" must finish in under 10 minutes on 2 CPU cores (docs/demo.md has the
@@ -53,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_new_tokens=40, workers=2,
     ),
     "default": dict(
-        size="tiny", seeds=2, n_reviews=5000, sft_steps=300, sft_batch_size=32, n_pref_prompts=1000,
+        size="tiny", seeds=2, n_reviews=5000, sft_steps=300, sft_batch_size=32, n_pref_prompts=2000,
         n_eval_prompts=128, n_heldout_pairs=200, rm_epochs=2.0, dpo_epochs=2.0, pref_batch_size=32,
         ppo_iterations=60, rollout_batch_size=64, mini_batch_size=16, eval_samples=2, best_of_n=16,
         max_new_tokens=48, workers=2,
@@ -120,8 +124,8 @@ class DemoConfig:
     """DPO beta (also the scale of the DPO token rewards shown in the report)."""
     tau: float = 0.1
     """Bradley-Terry label temperature on the gold reward."""
-    actor_lr: float = 3e-5
-    """PPO/RTO actor learning rate (both methods; the value of the measured run in docs/demo.md)."""
+    actor_lr: float = 3e-4
+    """PPO/RTO actor learning rate (both methods; chosen by the sweep in docs/demo.md)."""
     critic_lr: float = 1e-3
     """PPO/RTO critic learning rate (both methods)."""
     ppo_epochs: int = 1
@@ -339,9 +343,30 @@ class Pipeline:
             return True
         return False
 
+    def _start(self, job: Job) -> None:
+        """Make the stage's folder ready: a folder left by an interrupted run of the same stage with the same
+        settings is continued when the stage can resume (PPO/RTO from its last checkpoint, under --reuse);
+        otherwise it is cleared, so no stale file or checkpoint mixes into the new run."""
+        started = job.folder / STARTED_MARKER
+        same = (
+            self.cfg.reuse
+            and started.is_file()
+            and _read_json(started).get("signature") == json.loads(json.dumps(job.signature))
+        )
+        resume = same and job.func == "stage_rl" and (job.folder / "checkpoints").is_dir()
+        if job.folder.exists() and not resume and job.name != "data":  # data/ also holds labels/
+            shutil.rmtree(job.folder)
+        job.folder.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps({"signature": job.signature}))
+        if job.func == "stage_rl":
+            job.kwargs["resume"] = bool(resume)
+            if resume:
+                print(f"== {job.name}: continuing the interrupted run from its last checkpoint", flush=True)
+
     def run(self, job: Job) -> None:
         if self._reusable(job):
             return
+        self._start(job)
         t0, c0 = time.perf_counter(), time.process_time()
         print(f"\n== {job.name} ==", flush=True)
         globals()[job.func](self.cfg, self.root, **job.kwargs)
@@ -367,10 +392,12 @@ class Pipeline:
         )
         pending, running, failed = list(todo), {}, []
         bars = {}
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the workers too when stopped
         try:
             while pending or running:
                 while pending and len(running) < self.cfg.workers:
                     job = pending.pop(0)
+                    self._start(job)
                     running[job.name] = (job, _spawn(self.cfg, self.root, job), time.perf_counter())
                     bars[job.name] = tqdm(total=job.total or None, desc=job.name, disable=not self.cfg.progress,
                                           position=len(bars), leave=True, dynamic_ncols=True)  # fmt: skip
@@ -394,9 +421,18 @@ class Pipeline:
                     _mark_done(job.folder, job.signature, secs, self.cpu[name])
                     print(f"== {name}: {secs:.1f}s (CPU {self.cpu[name]:.1f}s)", flush=True)
         except BaseException:
+            # SIGTERM: a trainer saves a checkpoint at its next step and exits (a --reuse run continues it)
             for _, proc, _ in running.values():
                 proc.terminate()
+            for name, (_, proc, _) in running.items():
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                bars[name].close()
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if failed:
             job, rc = failed[0]
             log_path = job.folder.with_name(job.folder.name + ".log")
@@ -405,7 +441,14 @@ class Pipeline:
                 if log_path.is_file()
                 else ""
             )
-            raise RtoError(f"stage '{job.name}' failed (exit status {rc}); last lines of {log_path}:\n{tail}")
+            raise RtoError(
+                f"stage '{job.name}' failed (exit status {rc}); last lines of {log_path}:\n{tail}\n"
+                "(--reuse continues the run: completed stages are kept, interrupted PPO/RTO runs resume)"
+            )
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _count_lines(path: Path) -> int:
@@ -426,7 +469,6 @@ def _read_json(path: Path) -> dict:
 def _spawn(cfg: DemoConfig, root: Path, job: Job):
     """Start a child `python` running one job; the parent's sys.path goes along (a plug-in gold reward
     importable here must be importable there)."""
-    import subprocess
     import sys
 
     spec = {"cfg": dataclasses.asdict(cfg), "root": str(root), "func": job.func, "kwargs": job.kwargs}
@@ -741,11 +783,13 @@ def ppo_config(cfg: DemoConfig, root: Path, mode: str, k: int):
     )  # fmt: skip
 
 
-def stage_rl(cfg: DemoConfig, root: Path, mode: str, k: int) -> None:
+def stage_rl(cfg: DemoConfig, root: Path, mode: str, k: int, resume: bool = False) -> None:
     from rto.tasks.gold import load_gold_reward
     from rto.trainers.ppo import train_ppo
 
-    train_ppo(ppo_config(cfg, root, mode, k), rollout_hook=gold_hook(load_gold_reward(cfg.gold_reward)))
+    pcfg = ppo_config(cfg, root, mode, k)
+    pcfg.resume = resume
+    train_ppo(pcfg, rollout_hook=gold_hook(load_gold_reward(cfg.gold_reward)))
 
 
 def stage_eval(cfg: DemoConfig, root: Path) -> None:

@@ -188,6 +188,8 @@ def build_report(out: str | Path, run: dict[str, Any]) -> dict[str, Any]:
             f"seed(s) and the prompts). KL to the SFT model: RTO {rto['kl_mean']:.2f}, PPO {ppo['kl_mean']:.2f} "
             "(compare at equal KL on the gold-vs-KL plot)."
         )
+        if len(rto.get("seeds", [])) < 2 or len(ppo.get("seeds", [])) < 2:
+            sentence += " With one RL seed the interval covers prompt noise only, not seed-to-seed variation."
     else:
         sentence = "Verdict on this run: PPO and RTO were not both evaluated."
 
