@@ -240,3 +240,17 @@ def test_dpo_token_rewards_match_a_naive_loop(tiny_tokenizer):
         assert g["total"] == pytest.approx(sum(expected), abs=1e-5)
         assert "".join(g["tokens"][:-1]) == r and len(g["tokens"]) == len(r_ids)
     assert np.isfinite([x for g in got for x in g["rewards"]]).all()
+
+
+def test_default_yaml_matches_the_default_preset():
+    from pathlib import Path
+
+    from rto.cli import parse_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "demo" / "default.yaml"
+    cfg = parse_config(DemoConfig, ["--config", str(path), "--out", "x"], prog="rto demo")
+    assert resolve(cfg) == resolve(DemoConfig(out="x"))
+    cfg = parse_config(
+        DemoConfig, ["--config", str(path), "--out", "x", "--actor-lr", "1e-4"], prog="rto demo"
+    )
+    assert cfg.actor_lr == 1e-4 and cfg.seeds == 2
