@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         demo_preset="test", demo=dict(ppo_iterations=1), seeds=1,
         fractions=(0.125, 1.0),
-        sweep={"beta1": (0.05, 0.1), "beta2": (0.01, 0.02), "beta3": (1.0, 2.0), "dpo_reward_clip": (0.02,)},
+        sweep={"beta1": (0.05, 0.1), "beta2": (0.05, 0.1), "beta3": (1.0, 2.0), "dpo_reward_clip": (0.02,)},
     ),
     "default": dict(
         demo_preset="default", demo=dict(ppo_iterations=40), seeds=3,
