@@ -12,32 +12,16 @@ import torch
 from rto import models
 from rto.algorithms.logprobs import sequence_logps, shifted_token_logprobs
 from rto.algorithms.losses import dpo_loss, sequential_kl, tdpo_loss
-from rto.config import DPOConfig, validate_config
+from rto.config import DPOConfig
 from rto.data.collate import collate_preference
 from rto.data.formats import to_preference_examples
-from rto.data.loading import load_rows
-from rto.data.tokenize import tokenize_all, tokenize_preference
+from rto.data.tokenize import tokenize_preference
 from rto.trainers import common
-from rto.trainers.supervised import SupervisedStage, train_supervised
+from rto.trainers.supervised import SupervisedStage, setup_stage, train_supervised
 
 
 def train_dpo(cfg: DPOConfig) -> Path:
-    validate_config(cfg)
-    acc = common.make_accelerator(cfg)
-    out = common.prepare_output_dir(acc, cfg)
-    common.init_trackers(acc, cfg, "rto-dpo")
-    tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
-    rows = load_rows(cfg.data, cfg.split, cfg.data_subset)
-    examples = to_preference_examples(rows, common.column_map(cfg), source=cfg.data)
-    items, counts = tokenize_all(
-        tokenize_preference,
-        tokenizer,
-        examples,
-        source=cfg.data,
-        max_length=cfg.max_length,
-        overflow=cfg.overflow,
-    )
-    common.report_counts(acc, "dpo", cfg.data, counts)
+    acc, out, tokenizer, items = setup_stage(cfg, "dpo", to_preference_examples, tokenize_preference)
     policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
     ref_path = cfg.ref_model or cfg.model
     if cfg.ref_model:

@@ -13,13 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from rto import models
-from rto.config import RewardConfig, validate_config
+from rto.config import RewardConfig
 from rto.data.collate import collate_preference
 from rto.data.formats import to_preference_examples
-from rto.data.loading import load_rows
-from rto.data.tokenize import tokenize_all, tokenize_preference
+from rto.data.tokenize import tokenize_preference
 from rto.trainers import common
-from rto.trainers.supervised import SupervisedStage, train_supervised
+from rto.trainers.supervised import SupervisedStage, setup_stage, train_supervised
 
 
 def preference_scores(
@@ -49,22 +48,7 @@ def measure_score_stats(acc, model, items: list[dict], pad_id: int, batch_size: 
 
 
 def train_reward(cfg: RewardConfig) -> Path:
-    validate_config(cfg)
-    acc = common.make_accelerator(cfg)
-    out = common.prepare_output_dir(acc, cfg)
-    common.init_trackers(acc, cfg, "rto-rm")
-    tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
-    rows = load_rows(cfg.data, cfg.split, cfg.data_subset)
-    examples = to_preference_examples(rows, common.column_map(cfg), source=cfg.data)
-    items, counts = tokenize_all(
-        tokenize_preference,
-        tokenizer,
-        examples,
-        source=cfg.data,
-        max_length=cfg.max_length,
-        overflow=cfg.overflow,
-    )
-    common.report_counts(acc, "rm", cfg.data, counts)
+    acc, out, tokenizer, items = setup_stage(cfg, "rm", to_preference_examples, tokenize_preference)
     model = models.load_score_model(cfg.model, tokenizer, cfg.trust_remote_code)
     if cfg.lora:
         model = models.lora_wrap(model, cfg, task_type="SEQ_CLS")

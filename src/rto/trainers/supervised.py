@@ -16,6 +16,9 @@ from typing import Any
 import torch
 
 from rto import models
+from rto.config import validate_config
+from rto.data.loading import load_rows
+from rto.data.tokenize import tokenize_all
 from rto.errors import NonFiniteError, RtoError
 from rto.trainers import common
 
@@ -26,6 +29,24 @@ class SupervisedStage:
     loss_sums: Callable[[torch.nn.Module, list[dict]], tuple[torch.Tensor, dict[str, float]]]
     count: Callable[[dict], float]
     extra_models: list = field(default_factory=list)
+
+
+def setup_stage(cfg, stage: str, to_examples, tokenize_fn):
+    """What every supervised stage does first: validate, set up the accelerator and output folder, load the
+    tokenizer, and read, convert and tokenize the data (reporting truncation). Returns
+    (accelerator, output folder, tokenizer, tokenized items)."""
+    validate_config(cfg)
+    acc = common.make_accelerator(cfg)
+    out = common.prepare_output_dir(acc, cfg)
+    common.init_trackers(acc, cfg, f"rto-{stage}")
+    tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
+    rows = load_rows(cfg.data, cfg.split, cfg.data_subset)
+    examples = to_examples(rows, common.column_map(cfg), source=cfg.data)
+    items, counts = tokenize_all(
+        tokenize_fn, tokenizer, examples, source=cfg.data, max_length=cfg.max_length, overflow=cfg.overflow
+    )
+    common.report_counts(acc, stage, cfg.data, counts)
+    return acc, out, tokenizer, items
 
 
 def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage) -> dict[str, Any]:
