@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         demo_preset="default", demo=dict(ppo_iterations=40), seeds=3,
         per_experiment={"sweep": dict(ppo_iterations=30)},  # 63 runs: 30 iterations keep it under an hour
         fractions=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
-        sweep={"beta1": (0.01, 0.05, 0.2), "beta2": (0.0, 0.01, 0.05), "beta3": (0.25, 1.0, 4.0),
+        sweep={"beta1": (0.01, 0.05, 0.2), "beta2": (0.01, 0.05, 0.2), "beta3": (0.25, 1.0, 4.0),
                "dpo_reward_clip": (0.05, 0.01)},
     ),
 }  # fmt: skip
