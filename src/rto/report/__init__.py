@@ -269,6 +269,28 @@ def build_report(out: str | Path, run: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def _models_line(cfg: dict) -> str:
+    if not cfg.get("model"):
+        first = (
+            f"- **Models.** GPT-2 `{cfg.get('size')}` trained from scratch by SFT on {cfg.get('n_reviews')} reviews "
+            f"({cfg.get('sft_steps')} steps)"
+        )
+    elif cfg.get("sft_steps"):
+        first = (
+            f"- **Models.** The pretrained `{cfg.get('model')}`, fine-tuned by SFT ({'LoRA, ' if cfg.get('lora') else ''}"
+            f"{cfg.get('sft_steps')} steps) on the corpus's replies"
+        )
+    else:
+        first = f"- **Models.** The pretrained chat model `{cfg.get('model')}` as it is (no SFT steps)"
+    lora = (
+        " Every trained stage used LoRA; PPO/RTO share one frozen base (reference = adapters off, DPO model = a "
+        "frozen adapter, policy = a trained adapter)."
+        if cfg.get("lora")
+        else ""
+    )
+    return first + "; that SFT model is pi_ref, the PPO/RTO starting point and the DPO reference." + lora
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     run = report["run"]
     cfg = run.get("config", {})
@@ -283,18 +305,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     rollouts = cfg.get("ppo_iterations", 0) * cfg.get("rollout_batch_size", 0)
     p = report["plots"]
     lines = [
-        "# RTO vs PPO on the controlled-sentiment task",
+        "# RTO vs PPO on the controlled-sentiment task"
+        + (f" with {cfg['model']}" if cfg.get("model") else ""),
         "",
         f"**{report['verdict_sentence']}**",
         "",
         "## What was measured",
         "",
-        f"- **Task.** Generated review-like texts; prompts are review openings. The gold reward is "
-        f"`{ev.get('gold_reward', cfg.get('gold_reward'))}` (default: VADER compound sentiment of the response times a "
+        (
+            "- **Task.** Real short English user turns (chatterbot-corpus) in the model's chat template. The gold reward is "
+            if cfg.get("model")
+            else "- **Task.** Generated review-like texts; prompts are review openings. The gold reward is "
+        )
+        + f"`{ev.get('gold_reward', cfg.get('gold_reward'))}` (default: VADER compound sentiment of the response times a "
         "well-formedness factor, in [-1, 1]). The reward model and the DPO model only ever saw Bradley-Terry labels "
         f"sampled from it (tau = {lab.get('tau')}), never the gold function.",
-        f"- **Models.** GPT-2 `{cfg.get('size')}` trained from scratch by SFT on {cfg.get('n_reviews')} reviews "
-        f"({cfg.get('sft_steps')} steps); that SFT model is pi_ref, the PPO/RTO starting point and the DPO reference.",
+        _models_line(cfg),
         f"- **Preferences.** {lab['train']['pairs']} labelled pairs (2 SFT samples per prompt on "
         f"{cfg.get('n_pref_prompts')} prompts; the labelled choice has the higher gold in "
         f"{lab['train'].get('agreement_with_gold', float('nan')):.1%} of pairs). RM: {cfg.get('rm_epochs')} epochs; "
