@@ -48,6 +48,9 @@ class RunConfig:
     """Trade compute for memory in the trained models (GPU runs)."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """What to do when a loss, reward, advantage or gradient is NaN/inf: stop, or skip that update."""
+    max_consecutive_skips: int = 20
+    """With on_nonfinite=skip: stop when this many updates in a row were skipped (a run that only skips
+    trains nothing); 0 never stops."""
     deterministic: bool = False
     """Use deterministic GPU kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG):
     bitwise-repeatable GPU runs, somewhat slower (CPU runs are deterministic anyway)."""

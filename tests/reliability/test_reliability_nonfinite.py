@@ -86,6 +86,20 @@ def test_sft_nan_loss_with_skip_drops_only_that_update(world, tmp_path, monkeypa
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+def test_skip_stops_after_max_consecutive_skips(world, tmp_path, monkeypatch):
+    """Skipping is not forever: steps 2 and 3 bad in a row with a limit of 2 stop the run at step 3,
+    naming the limit; a good step in between resets the count (steps 1 and 3 bad: the run finishes)."""
+    monkeypatch.setattr(models, "response_token_logps", _nan_on_call(models.response_token_logps, {2, 3}))
+    with pytest.raises(
+        NonFiniteError, match=r"step 3: 2 updates in a row were non-finite \(max_consecutive_skips=2\)"
+    ):
+        train_sft(_sft_cfg(world, tmp_path / "limit", on_nonfinite="skip", max_consecutive_skips=2))
+    monkeypatch.undo()
+    monkeypatch.setattr(models, "response_token_logps", _nan_on_call(models.response_token_logps, {1, 3}))
+    train_sft(_sft_cfg(world, tmp_path / "reset", on_nonfinite="skip", max_consecutive_skips=2))
+    assert [r["step"] for r in read_metrics(tmp_path / "reset")] == [2, 4]
+
+
 def test_nonfinite_gradient_is_named(world, tmp_path, monkeypatch):
     """A finite loss whose gradient is not (e.g. an overflow in backward) is caught before the step."""
     original = common.clip_and_check_grads

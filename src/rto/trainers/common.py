@@ -285,12 +285,32 @@ def nonfinite_error(cfg, message: str) -> NonFiniteError:
     )
 
 
-def skip_or_raise(cfg, err: NonFiniteError) -> None:
-    """on_nonfinite="stop" raises; "skip" logs a warning and returns so the caller skips the update.
-    Either way no optimizer step is taken with the bad values, so the weights stay finite."""
-    if cfg.on_nonfinite == "stop":
-        raise nonfinite_error(cfg, str(err)) from err
-    log.warning("%s: skipping this update (on_nonfinite=skip)", err)
+class SkipGuard:
+    """on_nonfinite="stop" raises at the first non-finite update; "skip" logs a warning and returns so the
+    caller skips the update, until ``max_consecutive_skips`` updates in a row were skipped (a run that
+    only skips would train nothing while looking alive). Either way no optimizer step is taken with the bad
+    values, so the weights stay finite."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.in_a_row = 0
+
+    def skip(self, err: NonFiniteError) -> None:
+        cfg = self.cfg
+        if cfg.on_nonfinite == "stop":
+            raise nonfinite_error(cfg, str(err)) from err
+        self.in_a_row += 1
+        limit = getattr(cfg, "max_consecutive_skips", 0)
+        if limit and self.in_a_row >= limit:
+            raise nonfinite_error(
+                cfg,
+                f"{err}: {self.in_a_row} updates in a row were non-finite (max_consecutive_skips={limit})",
+            ) from err
+        log.warning("%s: skipping this update (on_nonfinite=skip)", err)
+
+    def ok(self) -> None:
+        """An update was taken."""
+        self.in_a_row = 0
 
 
 def global_sum(acc: Accelerator, values: list[float] | torch.Tensor) -> torch.Tensor:

@@ -410,6 +410,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     for m in (ms.ref, ms.dpo, ms.reward):
         if m is not None:
             m.to(acc.device)
+    guard = common.SkipGuard(cfg)  # on_nonfinite: stop, or skip with a limit on skips in a row
     kl_ctl = (
         AdaptiveKLController(cfg.beta2, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
@@ -493,7 +494,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
             }
         )
         if bad is not None:  # stop, or skip this iteration's update (on_nonfinite)
-            common.skip_or_raise(cfg, NonFiniteError(f"non-finite {bad} at iteration {step_no}"))
+            guard.skip(NonFiniteError(f"non-finite {bad} at iteration {step_no}"))
             bar.update(1)
             continue
         hook_metrics = {}
@@ -518,6 +519,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
             tg,
             it,
             train_actor,
+            guard,
         )
         t3 = time.perf_counter()
         # metrics ----------------------------------------------------------------------------------------
@@ -571,7 +573,19 @@ TOKEN_MEAN_STATS = frozenset({"entropy", "clipfrac", "approx_kl", "ratio_mean", 
 
 
 def ppo_update(
-    cfg, acc, policy, critic, actor_opt, critic_opt, actor_sched, critic_sched, exp, tg, it, train_actor
+    cfg,
+    acc,
+    policy,
+    critic,
+    actor_opt,
+    critic_opt,
+    actor_sched,
+    critic_sched,
+    exp,
+    tg,
+    it,
+    train_actor,
+    guard,
 ):
     """ppo_epochs passes over global mini-batches; each process takes its contiguous share of each."""
     N = exp.input_ids.shape[0]
@@ -646,11 +660,12 @@ def ppo_update(
                         "grad_norm_critic", 0.0
                     ) + common.clip_and_check_grads(acc, critic, cfg.max_grad_norm, it + 1, "critic")
             except NonFiniteError as err:
-                common.skip_or_raise(cfg, err)
+                guard.skip(err)
                 actor_opt.zero_grad(set_to_none=True)
                 if critic_opt is not None:
                     critic_opt.zero_grad(set_to_none=True)
                 continue
+            guard.ok()
             if train_actor:
                 actor_opt.step()
             actor_sched.step()

@@ -68,7 +68,7 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
 
-    start, skipped = 0, 0
+    start, skipped, guard = 0, 0, common.SkipGuard(cfg)
     if cfg.resume:
         state = common.load_latest_checkpoint(acc, cfg.output_dir)
         if state is not None:
@@ -82,7 +82,9 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
             if step >= total_steps:
                 break
             done = step + 1
-            row = _train_step(cfg, acc, model, optimizer, scheduler, stage, [items[i] for i in indices], done)
+            row = _train_step(
+                cfg, acc, model, optimizer, scheduler, stage, [items[i] for i in indices], done, guard
+            )
             if row is None:
                 skipped += 1
             else:
@@ -104,7 +106,7 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
     return {"steps": total_steps, "history": metrics.history, "model": model, "skipped_updates": skipped}
 
 
-def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done) -> dict | None:
+def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done, guard) -> dict | None:
     """One optimizer step on a global batch; returns its metrics, or None if the update was skipped
     (non-finite loss or gradient with on_nonfinite="skip")."""
     local = common.process_share(global_items, acc)
@@ -119,7 +121,7 @@ def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done
             if not bool(torch.isfinite(loss)):
                 bad_loss = True
                 if cfg.on_nonfinite == "stop":  # before backward: the weights and optimizer stay as they were
-                    common.skip_or_raise(cfg, NonFiniteError(f"non-finite {stage.name} loss at step {done}"))
+                    guard.skip(NonFiniteError(f"non-finite {stage.name} loss at step {done}"))
             # With "skip", a bad micro-batch still runs backward so that every process takes part in
             # the gradient all-reduce; the whole update is dropped below.
             acc.backward(loss)
@@ -132,9 +134,10 @@ def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done
             raise NonFiniteError(f"non-finite {stage.name} loss at step {done}")
         grad_norm = common.clip_and_check_grads(acc, model, cfg.max_grad_norm, done, "model")
     except NonFiniteError as err:
-        common.skip_or_raise(cfg, err)
+        guard.skip(err)
         optimizer.zero_grad(set_to_none=True)
         return None
+    guard.ok()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
