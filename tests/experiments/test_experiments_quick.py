@@ -76,6 +76,38 @@ def test_resume_recomputes_only_the_missing_cell(variants):
     assert [e["hash"] for e in log[n:]] == [victim.name]
 
 
+def test_interrupted_cells_continue_their_checkpoints(variants, tmp_path, monkeypatch):
+    """A cell's folder is named by its spec's hash, so checkpoints found there were left by the same cell
+    when an experiment was interrupted: the trainers are asked to resume them instead of refusing the folder
+    (the trainers' resume itself is tested bitwise in tests/reliability)."""
+    import rto.trainers.ppo
+    import rto.trainers.reward
+    from rto.experiments import core
+
+    seen = {}
+
+    def capture(name):
+        def fake(cfg, *args, **kwargs):
+            seen[name] = cfg
+            raise KeyboardInterrupt  # stop here: only the config is under test
+
+        return fake
+
+    monkeypatch.setattr(rto.trainers.ppo, "train_ppo", capture("rl"))
+    monkeypatch.setattr(rto.trainers.reward, "train_reward", capture("rm"))
+    specs = [json.loads((c / "spec.json").read_text()) for c in (variants / "cells").iterdir()]
+    for kind, run in (("rl", core.run_rl_cell), ("pref", core.run_pref_cell)):
+        spec = next(s for s in specs if s["kind"] == kind and s.get("model", "rm") == "rm")
+        with pytest.raises(KeyboardInterrupt):
+            run(spec, variants / "cells" / f"interrupted-{kind}")
+    for kind in ("rl", "pref"):  # the other tests read every cell folder
+        shutil.rmtree(variants / "cells" / f"interrupted-{kind}", ignore_errors=True)
+    assert seen["rl"].resume and seen["rl"].output_dir == str(
+        variants / "cells" / "interrupted-rl" / "policy"
+    )
+    assert seen["rm"].resume
+
+
 def test_data_scaling(root, variants):
     res, out = _with_world(root, variants, "data-scaling")
     _check_outputs(out, res)

@@ -90,7 +90,7 @@ def run_pref_cell(spec: dict, folder: Path) -> dict:
     common = dict(
         model=str(world / "sft"), data=str(data), output_dir=str(folder / "model"), seed=d.seed,
         per_device_batch_size=d.pref_batch_size, warmup_ratio=0.05, max_length=128, progress=False,
-        logging_steps=1, save_total_limit=1,
+        logging_steps=1, save_total_limit=1, resume=True,  # see run_rl_cell
     )  # fmt: skip
     if spec["model"] == "rm":
         from rto.trainers.reward import train_reward
@@ -143,6 +143,9 @@ def run_rl_cell(spec: dict, folder: Path) -> dict:
         dpo_model=None if spec["dpo"] is None else str(out / "cells" / spec["dpo"] / "model"),
         output_dir=str(folder / "policy"),
         progress=False,
+        # the folder is named by the spec's hash, so checkpoints in it are this cell's own, left by an
+        # interrupted experiment: continue them (nothing there: a fresh run)
+        resume=True,
         **spec["overrides"],
     )
     gold_fn = load_gold_reward(d.gold_reward)
