@@ -151,7 +151,16 @@ class SFTConfig(TrainStageConfig):
 
 
 @dataclass
-class RewardConfig(TrainStageConfig):
+class PreferenceOptions:
+    """Preference data (reward model and DPO)."""
+
+    identical_pairs: Literal["error", "drop"] = "error"
+    """A row whose chosen equals its rejected expresses no preference: an error naming the row, or drop
+    such rows (their number is logged)."""
+
+
+@dataclass
+class RewardConfig(TrainStageConfig, PreferenceOptions):
     """Bradley-Terry reward model on a one-label sequence-classification head."""
 
     learning_rate: float = 1e-5
@@ -163,7 +172,7 @@ class RewardConfig(TrainStageConfig):
 
 
 @dataclass
-class DPOConfig(TrainStageConfig):
+class DPOConfig(TrainStageConfig, PreferenceOptions):
     """Direct Preference Optimization against a frozen reference."""
 
     learning_rate: float = 5e-7

@@ -6,6 +6,7 @@ are covered in tests/data; different tokenizers for policy and DPO model in
 tests/trainers/test_ppo_e2e.py. This file covers configs, models and output folders."""
 
 import errno
+import json
 import pathlib
 
 import accelerate.checkpointing
@@ -268,3 +269,17 @@ def test_torn_last_line_of_a_log_is_skipped(tmp_path):
     with pytest.raises(RtoError, match=r"metrics\.jsonl:2: not valid JSON"):
         common.read_jsonl(path)
     common.truncate_jsonl(tmp_path / "absent.jsonl", "step", 1)  # nothing to do, no error
+
+
+def test_identical_pairs_error_names_the_row_or_are_dropped_on_request(world, tmp_path, capsys):
+    rows = [json.loads(line) for line in (world / "pref.jsonl").read_text().splitlines()]
+    rows[3]["rejected"] = rows[3]["chosen"]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["rm", "--model", str(world / "sft"), "--data", str(data), "--max-steps", "1",
+            "--per-device-batch-size", "4", "--no-progress"]  # fmt: skip
+    assert main([*args, "--output-dir", str(tmp_path / "a")]) != 0
+    err = capsys.readouterr().err
+    assert "prefs.jsonl: row 4" in err and "identical" in err and "--identical-pairs drop" in err
+    assert main([*args, "--output-dir", str(tmp_path / "b"), "--identical-pairs", "drop"]) == 0
+    assert (tmp_path / "b" / "model.safetensors").is_file()

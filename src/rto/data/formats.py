@@ -97,7 +97,7 @@ def to_preference_examples(
             if identical == "error":
                 raise DataError(
                     f"{source}: row {i}: {columns.chosen!r} and {columns.rejected!r} are identical, so the "
-                    "row expresses no preference (fix the data, or pass identical='drop' to skip such rows)"
+                    "row expresses no preference (fix the data, or pass --identical-pairs drop to skip such rows)"
                 )
             n_identical += 1
             continue

@@ -41,7 +41,8 @@ def setup_stage(cfg, stage: str, to_examples, tokenize_fn):
     common.init_trackers(acc, cfg, f"rto-{stage}")
     tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
     rows = load_rows(cfg.data, cfg.split, cfg.data_subset)
-    examples = to_examples(rows, common.column_map(cfg), source=cfg.data)
+    extra = {"identical": cfg.identical_pairs} if hasattr(cfg, "identical_pairs") else {}
+    examples = to_examples(rows, common.column_map(cfg), source=cfg.data, **extra)
     items, counts = tokenize_all(
         tokenize_fn, tokenizer, examples, source=cfg.data, max_length=cfg.max_length, overflow=cfg.overflow
     )
