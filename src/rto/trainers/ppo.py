@@ -585,9 +585,11 @@ def ppo_update(
     tg,
     it,
     train_actor,
-    guard,
+    guard=None,
 ):
-    """ppo_epochs passes over global mini-batches; each process takes its contiguous share of each."""
+    """ppo_epochs passes over global mini-batches; each process takes its contiguous share of each.
+    ``guard`` counts skipped updates across iterations (the trainer's; a fresh one if not given)."""
+    guard = guard or common.SkipGuard(cfg)
     N = exp.input_ids.shape[0]
     mb = cfg.mini_batch_size
     local_mb = mb // acc.num_processes
