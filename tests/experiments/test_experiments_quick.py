@@ -98,6 +98,14 @@ def test_interrupted_cells_continue_their_checkpoints(variants, tmp_path, monkey
     specs = [json.loads((c / "spec.json").read_text()) for c in (variants / "cells").iterdir()]
     for kind, run in (("rl", core.run_rl_cell), ("pref", core.run_pref_cell)):
         spec = next(s for s in specs if s["kind"] == kind and s.get("model", "rm") == "rm")
+        # what an interrupted run leaves: its checkpoints
+        (
+            variants
+            / "cells"
+            / f"interrupted-{kind}"
+            / ("policy" if kind == "rl" else "model")
+            / "checkpoints"
+        ).mkdir(parents=True)
         with pytest.raises(KeyboardInterrupt):
             run(spec, variants / "cells" / f"interrupted-{kind}")
     for kind in ("rl", "pref"):  # the other tests read every cell folder
@@ -117,6 +125,25 @@ def test_data_scaling(root, variants):
     assert "plots/gold_vs_data.png" in res["plots"]
     assert any("reaches PPO" in c["claim"] for c in res["claims"])
     assert not any(e.get("kind") in ("data",) for e in computed_log(out))
+
+
+def test_data_scaling_with_constant_pref_steps(root, variants):
+    """--pref-budget steps: a fraction's reward/DPO models get as many optimizer steps as on all pairs
+    (more epochs); the full-data cells are the same as with the default budget."""
+    out = root / "data-scaling-steps"
+    shutil.copytree(variants / "world", out / "world")
+    run_experiment(ExperimentConfig(name="data-scaling", preset="quick", out=str(out), pref_budget="steps"))
+    specs = {c.name: json.loads((c / "spec.json").read_text()) for c in (out / "cells").iterdir()}
+    pref = {(s["model"], s["fraction"]): h for h, s in specs.items() if s["kind"] == "pref"}
+    for model in ("rm", "dpo"):
+        small, full = (out / "cells" / pref[(model, f)] / "model" / "metrics.jsonl" for f in (0.125, 1.0))
+        steps = [len(p.read_text().splitlines()) for p in (small, full)]
+        assert steps[0] == steps[1] > 1, (model, steps)
+        assert (
+            specs[pref[(model, 0.125)]]["constant_steps"]
+            and "constant_steps" not in specs[pref[(model, 1.0)]]
+        )
+    assert "same number of optimizer steps" in (out / "summary.md").read_text()
 
 
 def test_sweep_one_heatmap_per_pair(root, variants):

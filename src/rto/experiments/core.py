@@ -67,11 +67,20 @@ def _out_of(folder: Path) -> Path:
 
 
 def pref_spec(
-    demo: dict, model: str, fraction: float = 1.0, loss_type: str = "sigmoid", beta: float | None = None
+    demo: dict,
+    model: str,
+    fraction: float = 1.0,
+    loss_type: str = "sigmoid",
+    beta: float | None = None,
+    constant_steps: bool = False,
 ):
-    """A reward model (model='rm') or a preference-trained policy (model='dpo', any --loss-type)."""
+    """A reward model (model='rm') or a preference-trained policy (model='dpo', any --loss-type).
+    ``constant_steps``: train a fraction of the pairs for as many optimizer steps as all of them get
+    (epochs / fraction), instead of for the same epochs."""
     demo = {k: v for k, v in demo.items() if k not in RL_ONLY}
     spec = {"kind": "pref", "demo": demo, "model": model, "fraction": fraction}
+    if constant_steps and fraction < 1.0:  # at fraction 1 both budgets are the same cell
+        spec["constant_steps"] = True
     if model == "dpo":
         spec.update(loss_type=loss_type, beta=demo["dpo_beta"] if beta is None else beta)
     return spec
@@ -90,18 +99,23 @@ def run_pref_cell(spec: dict, folder: Path) -> dict:
     common = dict(
         model=str(world / "sft"), data=str(data), output_dir=str(folder / "model"), seed=d.seed,
         per_device_batch_size=d.pref_batch_size, warmup_ratio=0.05, max_length=128, progress=False,
-        logging_steps=1, save_total_limit=1, resume=True,  # see run_rl_cell
+        logging_steps=1, save_total_limit=1, resume=(folder / "model" / "checkpoints").is_dir(),  # see run_rl_cell
     )  # fmt: skip
+    epochs = d.rm_epochs if spec["model"] == "rm" else d.dpo_epochs
+    if spec.get("constant_steps"):  # as many optimizer steps as training on all the pairs takes
+        from rto.trainers.common import total_steps_for
+
+        common["max_steps"] = total_steps_for(len(pairs), d.pref_batch_size, epochs, -1)
     if spec["model"] == "rm":
         from rto.trainers.reward import train_reward
 
-        train_reward(RewardConfig(learning_rate=d.rm_lr, num_epochs=d.rm_epochs, **common))
+        train_reward(RewardConfig(learning_rate=d.rm_lr, num_epochs=epochs, **common))
     else:
         from rto.trainers.dpo import train_dpo
 
         train_dpo(
             DPOConfig(
-                learning_rate=d.dpo_lr, num_epochs=d.dpo_epochs, beta=spec["beta"], loss_type=spec["loss_type"],
+                learning_rate=d.dpo_lr, num_epochs=epochs, beta=spec["beta"], loss_type=spec["loss_type"],
                 **common,
             )
         )  # fmt: skip
@@ -144,8 +158,8 @@ def run_rl_cell(spec: dict, folder: Path) -> dict:
         output_dir=str(folder / "policy"),
         progress=False,
         # the folder is named by the spec's hash, so checkpoints in it are this cell's own, left by an
-        # interrupted experiment: continue them (nothing there: a fresh run)
-        resume=True,
+        # interrupted experiment: continue them
+        resume=(folder / "policy" / "checkpoints").is_dir(),
         **spec["overrides"],
     )
     gold_fn = load_gold_reward(d.gold_reward)

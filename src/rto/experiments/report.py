@@ -47,7 +47,14 @@ def write_summary(results: dict, path: Path) -> None:
         "Gold = VADER sentiment x well-formedness of held-out samples (rto.eval). "
         "'one seed' marks numbers whose interval covers prompt noise only. A claim 'holds' when the 95% "
         "interval of the gold difference is on its side of zero, is 'not shown' when the interval contains "
-        "zero, and 'does not hold' when it is on the other side.",
+        "zero, and 'does not hold' when it is on the other side."
+        + (
+            " Reward and DPO models of each fraction trained for the same number of optimizer steps as on "
+            "all pairs (--pref-budget steps)."
+            if results.get("config", {}).get("pref_budget") == "steps"
+            and results["experiment"] == "data-scaling"
+            else ""
+        ),
         "",
         *method_table(results["methods"]),
         "",

@@ -67,6 +67,9 @@ class ExperimentConfig:
     """RL seeds per method (preset: quick 1, default 3)."""
     ppo_iterations: int | None = None
     """Override the preset's PPO iterations per run (equal for every method)."""
+    pref_budget: Literal["epochs", "steps"] = "epochs"
+    """data-scaling: train each fraction's reward and DPO models for the same epochs as on all pairs
+    (fewer optimizer steps on less data), or for the same number of steps (more epochs on less data)."""
     workers: int = 2
     """Cells computed in parallel (processes)."""
     threads: int = 1
@@ -86,6 +89,8 @@ def resolve(cfg: ExperimentConfig) -> tuple[ExperimentConfig, Any, dict]:
     cfg = dataclasses.replace(cfg, seeds=cfg.seeds or p["seeds"])
     if cfg.seeds < 1 or cfg.workers < 1 or cfg.threads < 1:
         raise ConfigError("fields 'seeds', 'workers' and 'threads' must be >= 1")
+    if cfg.pref_budget not in ("epochs", "steps"):
+        raise ConfigError(f"field 'pref_budget' must be 'epochs' or 'steps', got {cfg.pref_budget!r}")
     if not cfg.out:
         cfg.out = f"runs/experiment-{cfg.name}-{cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     demo_over = {**p["demo"], **p.get("per_experiment", {}).get(cfg.name, {})}
@@ -115,7 +120,9 @@ def plan(cfg: ExperimentConfig, demo: dict, preset: dict) -> Plan:
     if cfg.name == "data-scaling":
         prefs, methods, meta = [], dict(sft), {}
         for f in preset["fractions"]:
-            rm_f, dpo_f = core.pref_spec(demo, "rm", f), core.pref_spec(demo, "dpo", f)
+            steps = cfg.pref_budget == "steps"
+            rm_f = core.pref_spec(demo, "rm", f, constant_steps=steps)
+            dpo_f = core.pref_spec(demo, "dpo", f, constant_steps=steps)
             prefs += [rm_f, dpo_f]
             for name, mode in (("PPO", "ppo"), ("RTO", "rto")):
                 key = f"{name} @ {f:g}"
