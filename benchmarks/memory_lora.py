@@ -72,7 +72,9 @@ def build_world(root: Path, model: str) -> dict:
     tok = load_tokenizer(str(sft))
     # DPO model: a LoRA adapter with non-zero weights, saved both as adapter and merged (full) model.
     base = AutoModelForCausalLM.from_pretrained(sft)
-    lcfg = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False)
+    lcfg = LoraConfig(
+        r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False
+    )
     peft_model = get_peft_model(base, lcfg)
     (root / "dpo").mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(root / "dpo" / "adapter")
@@ -84,7 +86,12 @@ def build_world(root: Path, model: str) -> dict:
     rm.save_pretrained(root / "rm")
     tok.save_pretrained(root / "rm")
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    return {"sft": str(sft), "dpo": str(root / "dpo"), "rm": str(root / "rm"), "prompts": str(root / "prompts.jsonl")}
+    return {
+        "sft": str(sft),
+        "dpo": str(root / "dpo"),
+        "rm": str(root / "rm"),
+        "prompts": str(root / "prompts.jsonl"),
+    }
 
 
 def child(mode: str, world: dict, out: str) -> None:
@@ -127,7 +134,16 @@ def child(mode: str, world: dict, out: str) -> None:
             rollout_batch_size=ROLLOUT, mini_batch_size=ROLLOUT, max_new_tokens=NEW_TOKENS, progress=False,
         )  # fmt: skip
         train_ppo(cfg)
-    print(json.dumps({"mode": mode, "base_rss_mb": base_rss, "peak_rss_mb": peak_mb(), "growth_mb": peak_mb() - base_rss}))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "base_rss_mb": base_rss,
+                "peak_rss_mb": peak_mb(),
+                "growth_mb": peak_mb() - base_rss,
+            }
+        )
+    )
 
 
 def main() -> None:

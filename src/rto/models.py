@@ -35,7 +35,9 @@ def _check_source(name: str, path: str) -> None:
     if not path:
         raise RtoError(f"no {name} given")
     p = Path(path)
-    looks_local = path.startswith((".", "/", "~")) or p.suffix in {".json", ".safetensors"} or path.count("/") > 1
+    looks_local = (
+        path.startswith((".", "/", "~")) or p.suffix in {".json", ".safetensors"} or path.count("/") > 1
+    )
     if looks_local and not p.exists():
         raise RtoError(f"{name}: folder not found: {path}")
 
@@ -264,7 +266,9 @@ def lora_wrap(model: PreTrainedModel, cfg, task_type: str = "CAUSAL_LM") -> PreT
     except ImportError as e:
         raise RtoError("--lora needs peft: pip install 'rto-rlhf[lora]'") from e
     targets = cfg.lora_target_modules
-    target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    target_modules = (
+        targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    )
     lcfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -276,7 +280,11 @@ def lora_wrap(model: PreTrainedModel, cfg, task_type: str = "CAUSAL_LM") -> PreT
 
 
 def response_token_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0, adapter: str | None = None
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
+    adapter: str | None = None,
 ):
     """log p(token t+1 | tokens <= t) for every position: (B, T-1). Logits are divided by the sampling
     temperature so that policy, reference and DPO scores match what the sampler drew from. With a peft
