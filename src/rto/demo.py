@@ -736,24 +736,24 @@ def _chat_data(cfg: DemoConfig, root: Path) -> None:
             f"chatterbot-corpus has {len(convs)} distinct prompts: fields 'n_eval_prompts' ({cfg.n_eval_prompts}) + "
             f"'n_pref_prompts' ({cfg.n_pref_prompts}) must be at most that"
         )
-    tok = models.load_tokenizer(base_model(cfg, root))
+    base = base_model(cfg, root)
+    tok = models.load_tokenizer(base)
 
     def chat(user: str) -> list[dict]:
         return [{"role": "user", "content": user}]
 
+    def prompt_rows(pairs) -> list[dict]:
+        return [{"prompt": render_prompt(tok, chat(u)), "user": u} for u, _ in pairs]
+
     held_out, train = convs[: cfg.n_eval_prompts], convs[cfg.n_eval_prompts :]
-    write_jsonl(
-        data / "prompts_train.jsonl", [{"prompt": render_prompt(tok, chat(u)), "user": u} for u, _ in train]
-    )
-    write_jsonl(
-        data / "prompts_eval.jsonl", [{"prompt": render_prompt(tok, chat(u)), "user": u} for u, _ in held_out]
-    )
+    write_jsonl(data / "prompts_train.jsonl", prompt_rows(train))
+    write_jsonl(data / "prompts_eval.jsonl", prompt_rows(held_out))
     # SFT data (used when sft_steps > 0): the corpus's own replies, in the conversational format.
     sft = [{"prompt": chat(u), "completion": [{"role": "assistant", "content": r}]} for u, r in train if r]
     write_jsonl(data / "sft.jsonl", sft)
     print(
         f"chatterbot-corpus: {len(train)} training prompts, {len(held_out)} held-out prompts (disjoint), "
-        f"{len(sft)} replies for SFT; chat template of {base_model(cfg, root)}"
+        f"{len(sft)} replies for SFT; chat template of {base}"
     )
 
 

@@ -121,8 +121,7 @@ def chatterbot_prompts(
 ) -> list[str]:
     """Short real English user turns from the chatterbot-corpus package, de-duplicated, shuffled with
     `seed`. Each conversation's first turn is a prompt."""
-    prompts = sorted(u for u, _ in chatterbot_conversations(seed, categories))
-    random.Random(seed).shuffle(prompts)
+    prompts = [u for u, _ in chatterbot_conversations(seed, categories)]  # already shuffled with `seed`
     return prompts[:n] if n else prompts
 
 
