@@ -7,6 +7,8 @@ docstring says otherwise; see ``rto.algorithms.logprobs.sequence_logps``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,7 +23,12 @@ __all__ = [
     "dpo_loss",
     "tdpo_loss",
     "sequential_kl",
+    "LOSS_AGGREGATIONS",
+    "LossSum",
+    "aggregate_loss",
+    "policy_loss_sum",
     "ppo_policy_loss",
+    "value_loss_sum",
     "value_loss",
 ]
 
@@ -202,17 +209,108 @@ def tdpo_loss(
 
 # --------------------------------------------------------------------------- PPO
 
+# How a per-token loss becomes one number (each as "a sum and the count it is divided by"):
+LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
-def _seq_then_batch_mean(per_token: Tensor, mask: Tensor) -> Tensor:
-    """Average over the valid tokens of each row, then over rows that have a valid token.
 
-    Every sequence weighs the same regardless of its length (SPEC: "averaged over tokens
-    within each sequence, then over sequences"). 0 (still in the graph) if no row is valid.
+@dataclass
+class LossSum:
+    """A loss kept as a sum and the count it is to be divided by.
+
+    A trainer adds ``total`` over micro-batches and processes and divides by the global
+    ``count`` of the mini-batch, so the update does not depend on how the mini-batch is split.
+    ``count`` is detached (tokens or sequences, see ``aggregate_loss``).
+    """
+
+    total: Tensor
+    count: Tensor
+
+    def mean(self) -> Tensor:
+        """``total / count`` over this batch alone (0 if the count is 0)."""
+        return self.total / self.count.clamp(min=1).to(self.total.dtype)
+
+
+def aggregate_loss(
+    per_token: Tensor, mask: Tensor, aggregation: str = "seq-mean-token-mean", norm_length: int | None = None
+) -> LossSum:
+    """Reduce a (B, T) per-token loss to a ``LossSum`` over the valid tokens of ``mask``.
+
+    - ``"seq-mean-token-mean"``: each sequence's token mean, then the mean over sequences
+      (every sequence weighs the same whatever its length). total = sum_i mean_t l_it,
+      count = sequences with at least one valid token. GRPO's objective (DeepSeekMath) is
+      written this way; it is rto's default.
+    - ``"token-mean"``: the mean over every valid token of the batch (long sequences weigh
+      more), DAPO's "token-level policy gradient loss" (Yu et al. 2025, arXiv 2503.14476).
+      total = sum_it l_it, count = valid tokens.
+    - ``"seq-mean-token-sum-norm"``: Dr. GRPO's constant normaliser (Liu et al. 2025, arXiv
+      2503.20783): each sequence's token sum divided by the constant ``norm_length`` (the
+      generation budget, max new tokens), then the mean over sequences. total =
+      sum_i sum_t l_it / norm_length, count = sequences. Needs ``norm_length``.
+    """
+    if aggregation not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {aggregation!r}; expected one of {LOSS_AGGREGATIONS}")
+    mask = _as_bool(mask)
+    zero = torch.zeros((), dtype=per_token.dtype, device=per_token.device)
+    masked = torch.where(mask, per_token, zero)
+    if aggregation == "token-mean":
+        return LossSum(masked.sum(), mask.sum().detach().to(per_token.dtype))
+    has_token = mask.any(-1)
+    n_seq = has_token.sum().detach().to(per_token.dtype)
+    if aggregation == "seq-mean-token-mean":
+        row_mean = masked.sum(-1) / mask.sum(-1).clamp(min=1).to(per_token.dtype)
+        return LossSum(row_mean.sum(), n_seq)
+    if norm_length is None or norm_length <= 0:
+        raise ValueError(f"seq-mean-token-sum-norm needs a positive norm_length, got {norm_length}")
+    return LossSum(masked.sum() / norm_length, n_seq)
+
+
+def policy_loss_sum(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    aggregation: str = "seq-mean-token-mean",
+    norm_length: int | None = None,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+) -> tuple[LossSum, dict]:
+    """Clipped surrogate (Schulman et al. 2017), per token: -min(r A, clip(r, 1-eps, 1+eps) A),
+    plus ``kl_coef * KL`` when ``ref_logprobs`` is given; aggregated by ``aggregate_loss``.
+
+    r = exp(logprobs - old_logprobs). The KL term is the per-token estimator ``kl_estimator`` of
+    KL(pi || pi_ref) at the sampled tokens, as GRPO puts it in the loss (k3 there) instead of in
+    the reward; its gradient flows through ``logprobs``. Stats (detached scalars, token means
+    over valid tokens):
+
+    - ``clipfrac``: fraction of tokens where the clipped term is the active (strictly larger)
+      loss, i.e. where clipping changed the loss and zeroed the gradient;
+    - ``approx_kl``: the k3 estimator r - 1 - log r of KL(pi_old || pi) (unbiased, >= 0);
+    - ``ratio_mean``: mean of r;
+    - ``kl_loss``: mean of the KL term's estimator (only with ``ref_logprobs``).
     """
     mask = _as_bool(mask)
-    row_mean = masked_mean(per_token, mask, dim=-1)
-    has_token = mask.any(-1)
-    return masked_mean(row_mean, has_token)
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    log_ratio = torch.where(mask, logprobs - old_logprobs, zero)
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    per_token = torch.maximum(unclipped, clipped)
+    kl = None
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, torch.where(mask, ref_logprobs, logprobs), kl_estimator)
+        per_token = per_token + kl_coef * kl
+    loss = aggregate_loss(per_token, mask, aggregation, norm_length)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(kl_penalty(old_logprobs, logprobs, "k3").float(), mask),
+            "ratio_mean": masked_mean(ratio.float(), mask),
+        }
+        if kl is not None:
+            stats["kl_loss"] = masked_mean(kl.float(), mask)
+    return loss, stats
 
 
 def ppo_policy_loss(
@@ -222,45 +320,25 @@ def ppo_policy_loss(
     mask: Tensor,
     clip_eps: float = 0.2,
 ) -> tuple[Tensor, dict]:
-    """Clipped surrogate (Schulman et al. 2017), per token: -min(r A, clip(r, 1-eps, 1+eps) A).
-
-    r = exp(logprobs - old_logprobs). Averaged over tokens within each sequence, then over
-    sequences. Stats (detached scalars, over valid tokens):
-
-    - ``clipfrac``: fraction of tokens where the clipped term is the active (strictly larger)
-      loss, i.e. where clipping changed the loss and zeroed the gradient;
-    - ``approx_kl``: the k3 estimator r - 1 - log r of KL(pi_old || pi) (unbiased, >= 0);
-    - ``ratio_mean``: mean of r.
-    """
-    mask = _as_bool(mask)
-    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
-    log_ratio = torch.where(mask, logprobs - old_logprobs, zero)
-    ratio = log_ratio.exp()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    per_token = torch.maximum(unclipped, clipped)
-    loss = _seq_then_batch_mean(per_token, mask)
-    with torch.no_grad():
-        stats = {
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-            "approx_kl": masked_mean(kl_penalty(old_logprobs, logprobs, "k3").float(), mask),
-            "ratio_mean": masked_mean(ratio.float(), mask),
-        }
-    return loss, stats
+    """``policy_loss_sum`` with the default aggregation, as a mean over this batch alone."""
+    loss, stats = policy_loss_sum(logprobs, old_logprobs, advantages, mask, clip_eps)
+    return loss.mean(), stats
 
 
-def value_loss(
+def value_loss_sum(
     values: Tensor,
     old_values: Tensor,
     returns: Tensor,
     mask: Tensor,
     clip_range: float | None = 0.2,
-) -> tuple[Tensor, dict]:
-    """Clipped value loss: 0.5 max((v - R)^2, (v_old + clip(v - v_old, -c, c) - R)^2).
+    aggregation: str = "seq-mean-token-mean",
+    norm_length: int | None = None,
+) -> tuple[LossSum, dict]:
+    """Clipped value loss: 0.5 max((v - R)^2, (v_old + clip(v - v_old, -c, c) - R)^2), aggregated
+    by ``aggregate_loss``.
 
-    Averaged over tokens within each sequence, then over sequences. ``clip_range=None`` gives
-    the plain 0.5 (v - R)^2. Stats: ``vf_clipfrac`` = fraction of valid tokens where the
-    clipped error is the larger one and the clamp is active (0 without clipping).
+    ``clip_range=None`` gives the plain 0.5 (v - R)^2. Stats: ``vf_clipfrac`` = fraction of valid
+    tokens where the clipped error is the larger one and the clamp is active (0 without clipping).
     """
     mask = _as_bool(mask)
     err = (values - returns) ** 2
@@ -276,5 +354,17 @@ def value_loss(
             # rounding noise would report clipping that did not happen.
             active = (values - old_values).abs() > clip_range
             clipfrac = masked_mean((active & (err_clipped > err)).float(), mask)
-    loss = _seq_then_batch_mean(per_token, mask)
+    loss = aggregate_loss(per_token, mask, aggregation, norm_length)
     return loss, {"vf_clipfrac": clipfrac.detach()}
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_range: float | None = 0.2,
+) -> tuple[Tensor, dict]:
+    """``value_loss_sum`` with the default aggregation, as a mean over this batch alone."""
+    loss, stats = value_loss_sum(values, old_values, returns, mask, clip_range)
+    return loss.mean(), stats
