@@ -278,7 +278,7 @@ def _count_tokenizer_calls(tok, counter: dict[str, int]):
 def _iteration(acc, run: _Run, items, indices, it: int, timer, tok_calls: dict[str, int]) -> dict[str, Any]:
     """One trainer iteration (train_ppo's loop body, metrics aside), timed by phase."""
     from rto.data.collate import collate_prompts
-    from rto.trainers import common, ppo
+    from rto.trainers import guards, ppo
     from rto.trainers.generation import generate, sample_seeds
 
     pc, ms, dev = run.cfg, run.ms, acc.device
@@ -312,7 +312,7 @@ def _iteration(acc, run: _Run, items, indices, it: int, timer, tok_calls: dict[s
         with timer.phase("targets"):
             tg = ppo.compute_targets(pc, ms, exp, run.kl_coef, delim)
             valid = exp.mask.bool()  # the trainer's non-finite guard, same quantities
-            bad = common.first_nonfinite(
+            bad = guards.first_nonfinite(
                 {
                     "reward-model scores": exp.scores,
                     "policy log-probs": exp.logps[valid],

@@ -105,10 +105,11 @@ def main(spec_path: str) -> None:
         watch_writes(spec.get("watch", []), writes)
     from accelerate.state import AcceleratorState, GradientState
 
-    from rto.trainers import common
+    from rto import distributed
+    from rto.trainers import checkpoints
 
     seen = []
-    make_accelerator = common.make_accelerator
+    make_accelerator = distributed.make_accelerator
 
     def recording_make_accelerator(cfg):
         acc = make_accelerator(cfg)
@@ -123,7 +124,7 @@ def main(spec_path: str) -> None:
         )
         return acc
 
-    finish = common.finish
+    finish = distributed.finish
     last = len(spec["runs"]) - 1
 
     def finish_keeping_group(acc):  # finish() minus the group's destruction (end_training destroys it)
@@ -131,7 +132,7 @@ def main(spec_path: str) -> None:
         for tracker in acc.trackers:
             tracker.finish()
 
-    save_checkpoint = common.save_checkpoint
+    save_checkpoint = checkpoints.save_checkpoint
     stop_at = [None]
 
     def save_then_maybe_stop(acc, output_dir, step, state, keep):
@@ -140,12 +141,12 @@ def main(spec_path: str) -> None:
             raise Interrupted
         return path
 
-    common.make_accelerator = recording_make_accelerator
-    common.save_checkpoint = save_then_maybe_stop
+    distributed.make_accelerator = recording_make_accelerator
+    checkpoints.save_checkpoint = save_then_maybe_stop
     for i, run in enumerate(spec["runs"]):
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-        common.finish = finish if i == last else finish_keeping_group
+        distributed.finish = finish if i == last else finish_keeping_group
         stop_at[0] = run.get("interrupt_after_checkpoint")
         t0 = time.perf_counter()
         try:
@@ -163,7 +164,7 @@ def main(spec_path: str) -> None:
 
     if dist.is_initialized():  # the last run was interrupted before its finish()
         dist.barrier()
-        time.sleep(0.2)  # as in common.finish: let gloo's threads release finished work first
+        time.sleep(0.2)  # as in distributed.finish: let gloo's threads release finished work first
         dist.destroy_process_group()
     (report / f"rank{rank}.json").write_text(
         json.dumps(

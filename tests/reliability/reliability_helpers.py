@@ -205,7 +205,7 @@ class Zygote:
 
 
 def pause_env(point: str, step: int, marker: Path) -> dict[str, str]:
-    """Make the child wait at `point` of step `step` (see rto.trainers.common.pause_point)."""
+    """Make the child wait at `point` of step `step` (see rto.trainers.signals.pause_point)."""
     return {"RTO_TEST_PAUSE": f"{point}:{step}", "RTO_TEST_PAUSE_FILE": str(marker)}
 
 

@@ -17,7 +17,7 @@ import yaml
 from rto.cli import main
 from rto.config import DPOConfig, PPOConfig, SFTConfig, config_from_dict, load_yaml_config, validate_config
 from rto.errors import ConfigError, RtoError
-from rto.trainers import common
+from rto.trainers import checkpoints, metrics
 from rto.trainers.ppo import train_ppo
 from rto.trainers.sft import train_sft
 from tests.conftest import make_tiny_gpt2
@@ -215,7 +215,7 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(world, tmp_p
         f"could not write checkpoint {ckpt / 'step-00000004'}: No space left on device; "
         f"the last complete checkpoint, {ckpt / 'step-00000002'}, is intact"
     )
-    assert [p.name for p in common.list_checkpoints(out)] == ["step-00000002"]
+    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["step-00000002"]
     assert not list(ckpt.glob(".tmp-*"))  # the partial write is cleaned up
     # ... and loadable: with space again, --resume finishes exactly like an uninterrupted run
     monkeypatch.undo()
@@ -238,7 +238,7 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused(world, tmp_path):
 def test_resume_problems_are_explained(world, tmp_path, caplog):
     out = tmp_path / "o"
     train_sft(_sft(world, out, max_steps=6, save_total_limit=1))  # checkpoints at 2 and 4, keep the last
-    assert [p.name for p in common.list_checkpoints(out)] == ["step-00000004"]
+    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["step-00000004"]
     latest = out / "checkpoints" / "step-00000004"
     # changed settings are allowed but named
     with caplog.at_level("WARNING"):
@@ -264,11 +264,11 @@ def test_resume_without_a_checkpoint_starts_over_and_says_so(world, tmp_path, ca
 def test_torn_last_line_of_a_log_is_skipped(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
-    assert common.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    assert metrics.read_jsonl(path) == [{"step": 1}, {"step": 2}]
     path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
     with pytest.raises(RtoError, match=r"metrics\.jsonl:2: not valid JSON"):
-        common.read_jsonl(path)
-    common.truncate_jsonl(tmp_path / "absent.jsonl", "step", 1)  # nothing to do, no error
+        metrics.read_jsonl(path)
+    metrics.truncate_jsonl(tmp_path / "absent.jsonl", "step", 1)  # nothing to do, no error
 
 
 def test_identical_pairs_error_names_the_row_or_are_dropped_on_request(world, tmp_path, capsys):

@@ -12,7 +12,7 @@ import rto.trainers.ppo as ppo_mod
 from rto import models
 from rto.config import PPOConfig, SFTConfig
 from rto.errors import NonFiniteError
-from rto.trainers import common
+from rto.trainers import checkpoints, guards
 from rto.trainers.ppo import train_ppo
 from rto.trainers.sft import train_sft
 from tests.reliability.reliability_helpers import (
@@ -47,7 +47,7 @@ def _sft_cfg(world, out, **kw):
 
 
 def _ckpts(out):
-    return [p.name for p in common.list_checkpoints(out)]
+    return [p.name for p in checkpoints.list_checkpoints(out)]
 
 
 # ----------------------------------------------------------------------------- supervised loop
@@ -102,14 +102,14 @@ def test_skip_stops_after_max_consecutive_skips(world, tmp_path, monkeypatch):
 
 def test_nonfinite_gradient_is_named(world, tmp_path, monkeypatch):
     """A finite loss whose gradient is not (e.g. an overflow in backward) is caught before the step."""
-    original = common.clip_and_check_grads
+    original = guards.clip_and_check_grads
 
     def inf_grad(acc, model, max_norm, step, name):
         if step == 2:
             next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("inf"))
         return original(acc, model, max_norm, step, name)
 
-    monkeypatch.setattr(common, "clip_and_check_grads", inf_grad)
+    monkeypatch.setattr(guards, "clip_and_check_grads", inf_grad)
     with pytest.raises(
         NonFiniteError, match=r"^non-finite gradient norm of the model at step 2; .*no checkpoint"
     ):
@@ -118,7 +118,7 @@ def test_nonfinite_gradient_is_named(world, tmp_path, monkeypatch):
 
 def test_nonfinite_weights_are_never_written_over_a_good_checkpoint(world, tmp_path, monkeypatch):
     """Weights that became inf (an update overflowed) are refused at the next checkpoint."""
-    original = common.clip_and_check_grads
+    original = guards.clip_and_check_grads
 
     def corrupt_weights(acc, model, max_norm, step, name):
         norm = original(acc, model, max_norm, step, name)
@@ -127,7 +127,7 @@ def test_nonfinite_weights_are_never_written_over_a_good_checkpoint(world, tmp_p
                 next(model.parameters()).fill_(float("inf"))
         return norm
 
-    monkeypatch.setattr(common, "clip_and_check_grads", corrupt_weights)
+    monkeypatch.setattr(guards, "clip_and_check_grads", corrupt_weights)
     out = tmp_path / "weights"
     with pytest.raises(NonFiniteError) as e:
         train_sft(_sft_cfg(world, out, max_steps=6))

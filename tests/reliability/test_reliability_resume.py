@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from rto.trainers.common import list_checkpoints
+from rto.trainers.checkpoints import list_checkpoints
 from tests.reliability.reliability_helpers import (
     Zygote,
     assert_same_run,
@@ -174,7 +174,7 @@ def test_deterministic_kernels_option_changes_nothing_on_cpu(world, zygote, refe
 
 
 def test_graceful_stop_flags_the_first_signal_and_aborts_on_the_second():
-    from rto.trainers.common import GracefulStop
+    from rto.trainers.signals import GracefulStop
 
     before = signal.getsignal(signal.SIGINT)
     stop = GracefulStop().install()

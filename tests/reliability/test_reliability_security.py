@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 import rto
 from rto.config import STAGE_CONFIGS, DPOConfig, PPOConfig, RewardConfig, SFTConfig
 from rto.errors import RtoError
-from rto.trainers import common
+from rto.trainers import checkpoints
 from rto.trainers.dpo import train_dpo
 from rto.trainers.ppo import load_models, train_ppo
 from rto.trainers.reward import train_reward
@@ -174,8 +174,8 @@ def test_a_plugin_gold_reward_is_imported_only_when_named(tmp_path, monkeypatch)
 
 
 def test_checkpoint_listing_and_rotation_touch_only_step_folders(tmp_path):
-    root = common.checkpoint_root(tmp_path)
+    root = checkpoints.checkpoint_root(tmp_path)
     for name in ("step-00000002", "step-x", ".tmp-step-00000009", "notes"):
         (root / name).mkdir(parents=True)
-        (root / name / common.STATE_FILE).write_text("{}")
-    assert [p.name for p in common.list_checkpoints(tmp_path)] == ["step-00000002"]
+        (root / name / checkpoints.STATE_FILE).write_text("{}")
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["step-00000002"]

@@ -54,6 +54,18 @@ class ColumnMap:
     chosen: str = "chosen"
     rejected: str = "rejected"
 
+    @classmethod
+    def from_config(cls, cfg) -> ColumnMap:
+        """The column-name fields of a stage's config (``text_column``, ``prompt_column``, ...)."""
+        return cls(
+            text=cfg.text_column,
+            prompt=cfg.prompt_column,
+            completion=cfg.completion_column,
+            messages=cfg.messages_column,
+            chosen=cfg.chosen_column,
+            rejected=cfg.rejected_column,
+        )
+
 
 # --------------------------------------------------------------------------- public
 

@@ -103,7 +103,7 @@ def run_pref_cell(spec: dict, folder: Path) -> dict:
     )  # fmt: skip
     epochs = d.rm_epochs if spec["model"] == "rm" else d.dpo_epochs
     if spec.get("constant_steps"):  # as many optimizer steps as training on all the pairs takes
-        from rto.trainers.common import total_steps_for
+        from rto.trainers.data_order import total_steps_for
 
         common["max_steps"] = total_steps_for(len(pairs), d.pref_batch_size, epochs, -1)
     if spec["model"] == "rm":

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from rto import models
+from rto import distributed, models
 from rto.algorithms.logprobs import sequence_logps, shifted_token_logprobs
 from rto.algorithms.losses import dpo_loss, sequential_kl, tdpo_loss
 from rto.config import DPOConfig
 from rto.data.collate import collate_preference
 from rto.data.formats import to_preference_examples
 from rto.data.tokenize import tokenize_preference
-from rto.trainers import common
+from rto.trainers import checkpoints
 from rto.trainers.supervised import SupervisedStage, setup_stage, train_supervised
 
 
@@ -84,12 +84,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
         }
 
     result = train_supervised(cfg, acc, policy, items, SupervisedStage("dpo", loss_sums, lambda item: 1.0))
-    common.save_hf_folder(
+    checkpoints.save_hf_folder(
         acc,
         result["model"],
         tokenizer,
         out,
         extra_config={"rto_dpo_beta": cfg.beta, "rto_dpo_loss": cfg.loss_type},
     )
-    common.finish(acc)
+    distributed.finish(acc)
     return out

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from rto import models
+from rto import distributed, models
 from rto.algorithms.advantages import explained_variance, gae, masked_whiten, reinforce_pp_advantages
 from rto.algorithms.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rto.algorithms.logprobs import entropy_from_logits, masked_mean, shifted_token_logprobs
@@ -35,11 +35,11 @@ from rto.algorithms.losses import ppo_policy_loss, value_loss
 from rto.algorithms.rewards import compose_token_rewards
 from rto.config import PPOConfig, validate_config
 from rto.data.collate import collate_prompts, pad_sequences
-from rto.data.formats import to_prompt_examples
+from rto.data.formats import ColumnMap, to_prompt_examples
 from rto.data.loading import load_rows
 from rto.data.tokenize import encode_completion, encode_prompt, tokenize_all, tokenize_prompt
 from rto.errors import NonFiniteError, RtoError
-from rto.trainers import common
+from rto.trainers import checkpoints, data_order, guards, metrics, optim, signals
 from rto.trainers.generation import Rollout, generate, sample_seeds
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def gather_experience(acc, exp: Experience, pad_id: int) -> Experience:
     if acc.num_processes == 1:
         return exp
     P, R = exp.prompt_len, exp.mask.shape[1]
-    sizes = common.global_sum(
+    sizes = distributed.global_sum(
         acc, [0] * acc.process_index + [P] + [0] * (acc.num_processes - acc.process_index - 1)
     )
     P_max = int(max(sizes.tolist()))
@@ -354,27 +354,27 @@ def _optim_setup(cfg, model, lr, total_steps):
         eps=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
     )
-    return opt, common.make_scheduler(opt, cfg, total_steps)
+    return opt, optim.make_scheduler(opt, cfg, total_steps)
 
 
-@common.restores_signal_handlers
+@signals.restores_signal_handlers
 def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     """Train; returns the output folder (policy there, critic in ./critic)."""
     validate_config(cfg)
-    acc = common.make_accelerator(cfg)
+    acc = distributed.make_accelerator(cfg)
     check_distributed_support(acc, with_critic=cfg.advantage == "gae")
     if cfg.mini_batch_size % acc.num_processes:
         raise RtoError(
             f"field 'mini_batch_size' ({cfg.mini_batch_size}) must be divisible by the number of processes "
             f"({acc.num_processes})"
         )
-    out = common.prepare_output_dir(acc, cfg)
-    common.init_trackers(acc, cfg, "rto-ppo")
+    out = checkpoints.prepare_output_dir(acc, cfg)
+    metrics.init_trackers(acc, cfg, "rto-ppo")
     ms = load_models(cfg)
     tok = ms.tokenizer
     pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
     examples = to_prompt_examples(
-        load_rows(cfg.prompts, cfg.split, cfg.data_subset), common.column_map(cfg), source=cfg.prompts
+        load_rows(cfg.prompts, cfg.split, cfg.data_subset), ColumnMap.from_config(cfg), source=cfg.prompts
     )
     items, counts = tokenize_all(
         tokenize_prompt,
@@ -384,7 +384,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
         max_prompt_length=cfg.max_prompt_length,
         overflow=cfg.overflow,
     )
-    common.report_counts(acc, "ppo prompts", cfg.prompts, counts)
+    metrics.report_counts(acc, "ppo prompts", cfg.prompts, counts)
     if len(items) < cfg.rollout_batch_size:
         raise RtoError(
             f"{cfg.prompts}: {len(items)} prompts, fewer than rollout_batch_size ({cfg.rollout_batch_size})"
@@ -410,7 +410,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     for m in (ms.ref, ms.dpo, ms.reward):
         if m is not None:
             m.to(acc.device)
-    guard = common.SkipGuard(cfg)  # on_nonfinite: stop, or skip with a limit on skips in a row
+    guard = guards.SkipGuard(cfg)  # on_nonfinite: stop, or skip with a limit on skips in a row
     kl_ctl = (
         AdaptiveKLController(cfg.beta2, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
@@ -424,28 +424,28 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
 
     start = 0
     if cfg.resume:
-        state = common.load_latest_checkpoint(acc, cfg.output_dir)
+        state = checkpoints.load_latest_checkpoint(acc, cfg.output_dir)
         if state is not None:
             start = state["step"]
             kl_ctl.load_state_dict(state["kl_controller"])
-    metrics = common.MetricsLog(acc, out, resume_step=start if cfg.resume else None)
-    bar = common.progress_bar(acc, cfg, cfg.num_iterations, f"rto ppo ({cfg.reward_mode})", initial=start)
+    metrics_log = metrics.MetricsLog(acc, out, resume_step=start if cfg.resume else None)
+    bar = metrics.progress_bar(acc, cfg, cfg.num_iterations, f"rto ppo ({cfg.reward_mode})", initial=start)
     rollouts_path = out / "rollouts.jsonl"
     if acc.is_main_process and not cfg.resume and rollouts_path.exists():
         rollouts_path.unlink()
     if acc.is_main_process and cfg.resume:
-        common.truncate_jsonl(rollouts_path, "iteration", start)  # later iterations are redone
+        metrics.truncate_jsonl(rollouts_path, "iteration", start)  # later iterations are redone
 
-    prompt_batches = common.global_batches(len(items), cfg.rollout_batch_size, cfg.seed, start_step=start)
-    stop = common.GracefulStop().install()  # SIGTERM/Ctrl-C: checkpoint at the next iteration boundary
+    prompt_batches = data_order.global_batches(len(items), cfg.rollout_batch_size, cfg.seed, start_step=start)
+    stop = signals.GracefulStop().install()  # SIGTERM/Ctrl-C: checkpoint at the next iteration boundary
     for it, indices in prompt_batches:
         if it >= cfg.num_iterations:
             break
         kl_state = {"kl_controller": kl_ctl.state_dict()}
-        common.stop_if_requested(acc, stop, out, it, kl_state, cfg.save_total_limit)
+        checkpoints.stop_if_requested(acc, stop, out, it, kl_state, cfg.save_total_limit)
         t0 = time.perf_counter()
         # 1. rollout --------------------------------------------------------------------------------
-        share = common.process_share(list(enumerate(indices)), acc)
+        share = data_order.process_share(list(enumerate(indices)), acc)
         local_items = [items[i] for _, i in share]
         sample_index = torch.tensor([g for g, _ in share], dtype=torch.long)
         batch = collate_prompts(local_items, pad_id)
@@ -463,7 +463,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
             pad_id=pad_id,
         )
         t1 = time.perf_counter()
-        common.pause_point("rollout", it + 1)
+        signals.pause_point("rollout", it + 1)
         # 2. score ----------------------------------------------------------------------------------
         exp = score_rollout(
             cfg,
@@ -481,7 +481,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
         tg = compute_targets(cfg, ms, exp, kl_ctl.value, delim)
         step_no = it + 1
         valid = exp.mask.bool()
-        bad = common.first_nonfinite(
+        bad = guards.first_nonfinite(
             {
                 "reward-model scores": exp.scores,
                 "policy log-probs": exp.logps[valid],
@@ -553,18 +553,18 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
             row["values_mean"] = float(masked_mean(exp.values, mask))
             row["lr_critic"] = critic_sched.get_last_lr()[0]
         if step_no % cfg.logging_steps == 0 or step_no == cfg.num_iterations:
-            metrics.log(step_no, row)
+            metrics_log.log(step_no, row)
         bar.update(1)
         bar.set_postfix(score=f"{row['score']:.3f}", kl=f"{row['kl']:.3f}")
         if cfg.save_steps and step_no % cfg.save_steps == 0 and step_no < cfg.num_iterations:
-            common.save_checkpoint(
+            checkpoints.save_checkpoint(
                 acc, out, step_no, {"kl_controller": kl_ctl.state_dict()}, cfg.save_total_limit
             )
     bar.close()
-    common.save_hf_folder(acc, policy, tok, out)
+    checkpoints.save_hf_folder(acc, policy, tok, out)
     if critic is not None:
-        common.save_hf_folder(acc, critic, tok, out / "critic")
-    common.finish(acc)
+        checkpoints.save_hf_folder(acc, critic, tok, out / "critic")
+    distributed.finish(acc)
     return out
 
 
@@ -589,7 +589,7 @@ def ppo_update(
 ):
     """ppo_epochs passes over global mini-batches; each process takes its contiguous share of each.
     ``guard`` counts skipped updates across iterations (the trainer's; a fresh one if not given)."""
-    guard = guard or common.SkipGuard(cfg)
+    guard = guard or guards.SkipGuard(cfg)
     N = exp.input_ids.shape[0]
     mb = cfg.mini_batch_size
     local_mb = mb // acc.num_processes
@@ -617,7 +617,7 @@ def ppo_update(
                 sync = k == len(chunks) - 1
                 stats: dict[str, float] = {}
                 if train_actor:
-                    with common.accumulation_step(acc, policy, last=sync):
+                    with distributed.accumulation_step(acc, policy, last=sync):
                         logits = models.causal_lm_logits(policy, ids, attn)
                         logps = shifted_token_logprobs(logits, ids, cfg.temperature)[:, P - 1 :]
                         pl, pstats = ppo_policy_loss(
@@ -625,7 +625,7 @@ def ppo_update(
                         )
                         pl_value = float(pl.detach())
                         if not math.isfinite(pl_value) and cfg.on_nonfinite == "stop":  # skip: see grads
-                            raise common.nonfinite_error(cfg, f"non-finite policy loss at iteration {it + 1}")
+                            raise guards.nonfinite_error(cfg, f"non-finite policy loss at iteration {it + 1}")
                         acc.backward(pl * weight)
                     with torch.no_grad():
                         ent = masked_mean(
@@ -637,11 +637,11 @@ def ppo_update(
                         **{k2: float(v) for k2, v in pstats.items()},
                     )
                 if critic is not None:
-                    with common.accumulation_step(acc, critic, last=sync):
+                    with distributed.accumulation_step(acc, critic, last=sync):
                         values = models.token_scores(critic, ids, attn)[:, P - 1 : P - 1 + R]
                         vl, vstats = value_loss(values, exp.values[r], tg.returns[r], mask, cfg.value_clip)
                         if not torch.isfinite(vl) and cfg.on_nonfinite == "stop":  # skip: see grads
-                            raise common.nonfinite_error(cfg, f"non-finite value loss at iteration {it + 1}")
+                            raise guards.nonfinite_error(cfg, f"non-finite value loss at iteration {it + 1}")
                         acc.backward(vl * weight)
                     stats.update(value_loss=float(vl.detach()), **{k2: float(v) for k2, v in vstats.items()})
                 n_tok = float(mask.sum())
@@ -654,13 +654,13 @@ def ppo_update(
             # one optimizer step per global mini-batch
             try:
                 if train_actor:
-                    sums["grad_norm_actor"] = sums.get("grad_norm_actor", 0.0) + common.clip_and_check_grads(
+                    sums["grad_norm_actor"] = sums.get("grad_norm_actor", 0.0) + guards.clip_and_check_grads(
                         acc, policy, cfg.max_grad_norm, it + 1, "policy"
                     )
                 if critic is not None:
                     sums["grad_norm_critic"] = sums.get(
                         "grad_norm_critic", 0.0
-                    ) + common.clip_and_check_grads(acc, critic, cfg.max_grad_norm, it + 1, "critic")
+                    ) + guards.clip_and_check_grads(acc, critic, cfg.max_grad_norm, it + 1, "critic")
             except NonFiniteError as err:
                 guard.skip(err)
                 actor_opt.zero_grad(set_to_none=True)
@@ -681,7 +681,7 @@ def ppo_update(
     if critic is not None:
         critic.eval()
     keys, tok_keys = sorted(sums), sorted(tok_sums)
-    totals = common.global_sum(
+    totals = distributed.global_sum(
         acc, [sums[k] for k in keys] + [tok_sums[k] for k in tok_keys] + [n_tokens]
     ).tolist()
     denom = max(n_updates, 1) * acc.num_processes

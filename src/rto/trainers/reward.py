@@ -7,18 +7,21 @@ in the model's config.json (`rto_score_mean`, `rto_score_std`) so PPO can normal
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from rto import models
+from rto import distributed, models
 from rto.config import RewardConfig
 from rto.data.collate import collate_preference
 from rto.data.formats import to_preference_examples
 from rto.data.tokenize import tokenize_preference
-from rto.trainers import common
+from rto.trainers import checkpoints, data_order
 from rto.trainers.supervised import SupervisedStage, setup_stage, train_supervised
+
+log = logging.getLogger(__name__)
 
 
 def preference_scores(
@@ -37,11 +40,11 @@ def measure_score_stats(acc, model, items: list[dict], pad_id: int, batch_size: 
     model.eval()
     local = items[acc.process_index :: acc.num_processes]
     s = sq = n = 0.0
-    for mb in common.micro_batches(local, batch_size):
+    for mb in data_order.micro_batches(local, batch_size):
         c, r = preference_scores(model, mb, pad_id, acc.device)
         both = torch.cat([c, r]).double()
         s, sq, n = s + float(both.sum()), sq + float((both**2).sum()), n + both.numel()
-    s, sq, n = common.global_sum(acc, [s, sq, n]).tolist()
+    s, sq, n = distributed.global_sum(acc, [s, sq, n]).tolist()
     mean = s / n
     std = max(sq / n - mean**2, 0.0) ** 0.5
     return mean, std
@@ -71,7 +74,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     mean, std = measure_score_stats(acc, result["model"], items, pad, cfg.per_device_batch_size)
     stats = {models.SCORE_MEAN_KEY: mean, models.SCORE_STD_KEY: std}
     if acc.is_main_process:
-        common.log.info("reward model score stats on training responses: mean %.4f std %.4f", mean, std)
-    common.save_hf_folder(acc, result["model"], tokenizer, out, extra_config=stats)
-    common.finish(acc)
+        log.info("reward model score stats on training responses: mean %.4f std %.4f", mean, std)
+    checkpoints.save_hf_folder(acc, result["model"], tokenizer, out, extra_config=stats)
+    distributed.finish(acc)
     return out

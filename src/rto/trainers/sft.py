@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rto import models
+from rto import distributed, models
 from rto.config import SFTConfig
 from rto.data.collate import collate_sft
 from rto.data.formats import to_sft_examples
 from rto.data.tokenize import tokenize_sft
-from rto.trainers import common
+from rto.trainers import checkpoints
 from rto.trainers.supervised import SupervisedStage, setup_stage, train_supervised
 
 
@@ -31,6 +31,6 @@ def train_sft(cfg: SFTConfig) -> Path:
         return float(sum(item["completion_mask"][1:]))
 
     result = train_supervised(cfg, acc, model, items, SupervisedStage("sft", loss_sums, count))
-    common.save_hf_folder(acc, result["model"], tokenizer, out)
-    common.finish(acc)
+    checkpoints.save_hf_folder(acc, result["model"], tokenizer, out)
+    distributed.finish(acc)
     return out

@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
-from rto import models
+from rto import distributed, models
 from rto.config import validate_config
+from rto.data.formats import ColumnMap
 from rto.data.loading import load_rows
 from rto.data.tokenize import tokenize_all
 from rto.errors import NonFiniteError, RtoError
-from rto.trainers import common
+from rto.trainers import checkpoints, data_order, guards, metrics, optim, signals
 
 
 @dataclass
@@ -36,24 +37,24 @@ def setup_stage(cfg, stage: str, to_examples, tokenize_fn):
     tokenizer, and read, convert and tokenize the data (reporting truncation). Returns
     (accelerator, output folder, tokenizer, tokenized items)."""
     validate_config(cfg)
-    acc = common.make_accelerator(cfg)
-    out = common.prepare_output_dir(acc, cfg)
-    common.init_trackers(acc, cfg, f"rto-{stage}")
+    acc = distributed.make_accelerator(cfg)
+    out = checkpoints.prepare_output_dir(acc, cfg)
+    metrics.init_trackers(acc, cfg, f"rto-{stage}")
     tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
     rows = load_rows(cfg.data, cfg.split, cfg.data_subset)
     extra = {"identical": cfg.identical_pairs} if hasattr(cfg, "identical_pairs") else {}
-    examples = to_examples(rows, common.column_map(cfg), source=cfg.data, **extra)
+    examples = to_examples(rows, ColumnMap.from_config(cfg), source=cfg.data, **extra)
     items, counts = tokenize_all(
         tokenize_fn, tokenizer, examples, source=cfg.data, max_length=cfg.max_length, overflow=cfg.overflow
     )
-    common.report_counts(acc, stage, cfg.data, counts)
+    metrics.report_counts(acc, stage, cfg.data, counts)
     return acc, out, tokenizer, items
 
 
 def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage) -> dict[str, Any]:
     """Run the optimisation; returns {"steps": n, "history": [...]}. Model is trained in place."""
     global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
-    total_steps = common.total_steps_for(len(items), global_batch, cfg.num_epochs, cfg.max_steps)
+    total_steps = data_order.total_steps_for(len(items), global_batch, cfg.num_epochs, cfg.max_steps)
     if len(items) < global_batch:
         raise RtoError(
             f"{stage.name}: {len(items)} examples after tokenization, fewer than one global batch "
@@ -64,21 +65,21 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
         models.disable_dropout(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = common.make_optimizer(model.parameters(), cfg.learning_rate, cfg)
-    scheduler = common.make_scheduler(optimizer, cfg, total_steps)
+    optimizer = optim.make_optimizer(model.parameters(), cfg.learning_rate, cfg)
+    scheduler = optim.make_scheduler(optimizer, cfg, total_steps)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
 
-    start, skipped, guard = 0, 0, common.SkipGuard(cfg)
+    start, skipped, guard = 0, 0, guards.SkipGuard(cfg)
     if cfg.resume:
-        state = common.load_latest_checkpoint(acc, cfg.output_dir)
+        state = checkpoints.load_latest_checkpoint(acc, cfg.output_dir)
         if state is not None:
             start, skipped = state["step"], state.get("skipped_updates", 0)
-    metrics = common.MetricsLog(acc, cfg.output_dir, resume_step=start if cfg.resume else None)
-    bar = common.progress_bar(acc, cfg, total_steps, f"rto {stage.name}", initial=start)
-    batches = common.global_batches(len(items), global_batch, cfg.seed, start_step=start)
+    metrics_log = metrics.MetricsLog(acc, cfg.output_dir, resume_step=start if cfg.resume else None)
+    bar = metrics.progress_bar(acc, cfg, total_steps, f"rto {stage.name}", initial=start)
+    batches = data_order.global_batches(len(items), global_batch, cfg.seed, start_step=start)
     model.train()
-    with common.GracefulStop() as stop:
+    with signals.GracefulStop() as stop:
         for step, indices in batches:
             if step >= total_steps:
                 break
@@ -93,30 +94,30 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
                 if cfg.on_nonfinite == "skip":
                     row["skipped_updates"] = skipped
                 if done % cfg.logging_steps == 0 or done == total_steps:
-                    metrics.log(done, row)
+                    metrics_log.log(done, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             bar.update(1)
             state = {"skipped_updates": skipped}
             if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
-                common.save_checkpoint(acc, cfg.output_dir, done, state, cfg.save_total_limit)
-            common.pause_point("step", done)
+                checkpoints.save_checkpoint(acc, cfg.output_dir, done, state, cfg.save_total_limit)
+            signals.pause_point("step", done)
             if done < total_steps:
-                common.stop_if_requested(acc, stop, cfg.output_dir, done, state, cfg.save_total_limit)
+                checkpoints.stop_if_requested(acc, stop, cfg.output_dir, done, state, cfg.save_total_limit)
     bar.close()
     model.eval()
-    return {"steps": total_steps, "history": metrics.history, "model": model, "skipped_updates": skipped}
+    return {"steps": total_steps, "history": metrics_log.history, "model": model, "skipped_updates": skipped}
 
 
 def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done, guard) -> dict | None:
     """One optimizer step on a global batch; returns its metrics, or None if the update was skipped
     (non-finite loss or gradient with on_nonfinite="skip")."""
-    local = common.process_share(global_items, acc)
-    micro = common.micro_batches(local, cfg.per_device_batch_size)
-    global_count = float(common.global_sum(acc, [sum(stage.count(it) for it in local)])[0])
+    local = data_order.process_share(global_items, acc)
+    micro = data_order.micro_batches(local, cfg.per_device_batch_size)
+    global_count = float(distributed.global_sum(acc, [sum(stage.count(it) for it in local)])[0])
     sums: dict[str, float] = {}
     bad_loss = False
     for k, mb in enumerate(micro):
-        with common.accumulation_step(acc, model, last=k == len(micro) - 1):
+        with distributed.accumulation_step(acc, model, last=k == len(micro) - 1):
             loss_sum, metric_sums = stage.loss_sums(model, mb)
             loss = loss_sum / global_count * acc.num_processes
             if not bool(torch.isfinite(loss)):
@@ -126,14 +127,14 @@ def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done
             # With "skip", a bad micro-batch still runs backward so that every process takes part in
             # the gradient all-reduce; the whole update is dropped below.
             acc.backward(loss)
-        common.pause_point("micro", done)
+        signals.pause_point("micro", done)
         sums["loss"] = sums.get("loss", 0.0) + float(loss_sum.detach())
         for key, v in metric_sums.items():
             sums[key] = sums.get(key, 0.0) + float(v)
     try:
-        if cfg.on_nonfinite == "skip" and float(common.global_sum(acc, [float(bad_loss)])[0]) > 0:
+        if cfg.on_nonfinite == "skip" and float(distributed.global_sum(acc, [float(bad_loss)])[0]) > 0:
             raise NonFiniteError(f"non-finite {stage.name} loss at step {done}")
-        grad_norm = common.clip_and_check_grads(acc, model, cfg.max_grad_norm, done, "model")
+        grad_norm = guards.clip_and_check_grads(acc, model, cfg.max_grad_norm, done, "model")
     except NonFiniteError as err:
         guard.skip(err)
         optimizer.zero_grad(set_to_none=True)
@@ -143,7 +144,7 @@ def _train_step(cfg, acc, model, optimizer, scheduler, stage, global_items, done
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     keys = sorted(sums)
-    totals = common.global_sum(acc, [sums[k] for k in keys])
+    totals = distributed.global_sum(acc, [sums[k] for k in keys])
     row = {k: float(v) / global_count for k, v in zip(keys, totals)}
     row.update(grad_norm=grad_norm, learning_rate=scheduler.get_last_lr()[0])
     return row
