@@ -105,17 +105,18 @@ def child(mode: str, world: dict, out: str) -> None:
     if mode in ("policy-alone", "policy-weights"):
         from rto.data.collate import collate_prompts
         from rto.data.tokenize import tokenize_prompt
+        from rto.engines import SamplingSettings, make_engine, sample_seeds
         from rto.models import load_causal_lm, load_tokenizer, response_token_logps
-        from rto.trainers.generation import generate, sample_seeds
 
         tok = load_tokenizer(world["sft"], padding_side="left")
         model = load_causal_lm(world["sft"], tok)
         prompts = [json.loads(x)["prompt"] for x in Path(world["prompts"]).read_text().splitlines()[:ROLLOUT]]
         batch = collate_prompts([tokenize_prompt(tok, {"prompt": p}, 256) for p in prompts], tok.pad_token_id)
-        model.eval()
-        roll = generate(model, batch["input_ids"], batch["attention_mask"], sample_seeds(0, 0, torch.arange(ROLLOUT)),
-                        max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1.0, eos_id=tok.eos_token_id,
-                        pad_id=tok.pad_token_id)  # fmt: skip
+        settings = SamplingSettings(NEW_TOKENS, 1.0, 1.0, tok.eos_token_id, tok.pad_token_id)
+        engine = make_engine("hf", model, settings)
+        roll = engine.generate(
+            batch["input_ids"], batch["attention_mask"], sample_seeds(0, 0, torch.arange(ROLLOUT))
+        )
         if mode == "policy-weights":
             with torch.inference_mode():
                 response_token_logps(model, roll.input_ids, roll.attention_mask)

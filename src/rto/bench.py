@@ -278,8 +278,8 @@ def _count_tokenizer_calls(tok, counter: dict[str, int]):
 def _iteration(acc, run: _Run, items, indices, it: int, timer, tok_calls: dict[str, int]) -> dict[str, Any]:
     """One trainer iteration (train_ppo's loop body, metrics aside), timed by phase."""
     from rto.data.collate import collate_prompts
+    from rto.engines import SamplingSettings, make_engine, sample_seeds
     from rto.trainers import guards, ppo
-    from rto.trainers.generation import generate, sample_seeds
 
     pc, ms, dev = run.cfg, run.ms, acc.device
     tok = ms.tokenizer
@@ -290,19 +290,12 @@ def _iteration(acc, run: _Run, items, indices, it: int, timer, tok_calls: dict[s
             local_items = [items[i] for i in indices]
             sample_index = torch.arange(len(indices), dtype=torch.long)
             batch = collate_prompts(local_items, pad_id)
-            policy = acc.unwrap_model(run.policy)
-            policy.eval()
-            roll = generate(
-                policy,
-                batch["input_ids"].to(dev),
-                batch["attention_mask"].to(dev),
-                sample_seeds(pc.seed, it, sample_index).to(dev),
-                max_new_tokens=pc.max_new_tokens,
-                temperature=pc.temperature,
-                top_p=pc.top_p,
-                eos_id=eos_id,
-                pad_id=pad_id,
+            settings = SamplingSettings(pc.max_new_tokens, pc.temperature, pc.top_p, eos_id, pad_id)
+            engine = make_engine(pc.engine, run.policy, settings)
+            roll = engine.generate(
+                batch["input_ids"], batch["attention_mask"], sample_seeds(pc.seed, it, sample_index)
             )
+            policy = acc.unwrap_model(run.policy)
         critic = acc.unwrap_model(run.critic)
         with timer.phase("score"), _instrument_scoring(timer, run, policy, critic):
             exp = ppo.score_rollout(

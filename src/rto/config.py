@@ -258,6 +258,8 @@ class PPOConfig(RunConfig, DataColumns, LoraOptions):
     whiten_rewards: bool = False
     """Whiten token rewards over the rollout batch before GAE (off, as the paper)."""
     # --- generation ---
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: hf (Hugging Face generate on the live policy) or vllm (needs the vllm package)."""
     max_new_tokens: int = 64
     """Longest response in tokens."""
     temperature: float = 1.0

@@ -22,7 +22,7 @@ interval carries seed-to-seed variation too (with two or three seeds that part i
 are listed beside it). Differences between groups resample the prompts jointly (same prompts for both:
 a paired comparison) and each group's seeds independently.
 
-Sampling uses the per-sample seeded sampler PPO uses (``trainers/generation.py``): sample ``j`` of prompt
+Sampling uses the rollout engine PPO uses (``rto.engines``), with per-sample seeds: sample ``j`` of prompt
 ``i`` under sampling seed ``s`` draws the same random numbers for every policy. Paired comparisons against
 the reference therefore use common random numbers -- a policy identical to the reference ties every
 pair (win rate exactly 0.5) -- which lowers the variance of the comparison without biasing it.
@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -197,6 +197,7 @@ def rm_scores_for(rm, rm_tok, same_tokens: bool, ids, attn, prompts, texts, ende
 
 
 def sample_and_score(
+    engine,
     policy,
     ref,
     tokenizer,
@@ -207,9 +208,6 @@ def sample_and_score(
     reps: int,
     k: int,
     seed: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
     batch_size: int,
     rm=None,
     rm_tok=None,
@@ -217,12 +215,12 @@ def sample_and_score(
     with_kl: bool = True,
     progress=None,
 ) -> Samples:
-    """Sample ``k`` responses per prompt for each of ``reps`` sampling seeds and score them.
+    """Sample ``k`` responses per prompt for each of ``reps`` sampling seeds with ``engine`` (sampling
+    from ``policy``) and score them.
 
     Sample j of prompt i under rep r uses the per-sample seed (seed + r, iteration 0, index i * k + j),
     whatever the batch, so every policy sees the same random numbers (common random numbers)."""
-    from rto.data.collate import pad_sequences
-    from rto.trainers.generation import generate, sample_seeds
+    from rto.engines import generate_for_prompts, sample_seeds
 
     P_n = len(prompt_ids)
     flat = [(r, i, j) for r in range(reps) for i in range(P_n) for j in range(k)]
@@ -233,20 +231,13 @@ def sample_and_score(
     length = np.zeros(shape)
     ended = np.zeros(shape, dtype=bool)
     texts: list = [[[""] * k for _ in range(P_n)] for _ in range(reps)]
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    device = next(policy.parameters()).device
+    temperature = engine.settings.temperature
     policy.eval()
     all_seeds = torch.stack([sample_seeds(seed + r, 0, torch.arange(P_n * k)) for r in range(reps)])
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
-        seqs = [prompt_ids[i] for _, i, _ in chunk]
-        ids = pad_sequences(seqs, pad, side="left").to(device)
-        attn = pad_sequences([[1] * len(s) for s in seqs], 0, side="left").to(device)
-        seeds = torch.stack([all_seeds[r, i * k + j] for r, i, j in chunk]).to(device)
-        roll = generate(
-            policy, ids, attn, seeds, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, eos_id=eos, pad_id=pad,
-        )  # fmt: skip
+        seeds = torch.stack([all_seeds[r, i * k + j] for r, i, j in chunk])
+        roll = generate_for_prompts(engine, [prompt_ids[i] for _, i, _ in chunk], seeds)
         P = roll.prompt_ids.shape[1]
         mask = roll.response_mask.float()
         full_ids, full_attn = roll.input_ids, roll.attention_mask
@@ -398,6 +389,8 @@ class EvalConfig:
     """Sampling seeds (repeats of the whole sampling)."""
     seed: int = 0
     """First sampling seed; also seeds the bootstrap."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: hf (Hugging Face generate) or vllm (needs the vllm package)."""
     max_new_tokens: int = 48
     """Longest response in tokens."""
     temperature: float = 1.0
@@ -486,6 +479,7 @@ def evaluate(
     max_prompt_length: int = 128,
     progress: bool = True,
     gold_name: str = "gold",
+    engine: str = "hf",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sample, score and summarise every policy; returns (eval.json content, per-sample records).
 
@@ -495,6 +489,7 @@ def evaluate(
 
     from rto import models
     from rto.data.tokenize import tokenize_prompt
+    from rto.engines import SamplingSettings, make_engine
 
     t_start = time.perf_counter()
     tok = models.load_tokenizer(ref_model, padding_side="left")
@@ -522,9 +517,9 @@ def evaluate(
     k, n_p = samples_per_prompt, len(prompts)
     total = len(order) * seeds * n_p * k + (seeds * n_p * best_of if best_of else 0)
     bar = tqdm(total=total, desc="rto eval: sampling", disable=not progress, dynamic_ncols=True)
+    settings = SamplingSettings(max_new_tokens, temperature, top_p, tok.eos_token_id, tok.pad_token_id)
     common = dict(
-        reps=seeds, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        batch_size=batch_size, rm=rm, rm_tok=rm_tok, rm_same_tokens=rm_same, progress=bar,
+        reps=seeds, seed=seed, batch_size=batch_size, rm=rm, rm_tok=rm_tok, rm_same_tokens=rm_same, progress=bar
     )  # fmt: skip
     results: dict[str, Samples] = {}
     for name, path in order.items():
@@ -537,14 +532,20 @@ def evaluate(
             )
             model = models.freeze(models.load_causal_lm(path, tok))
             models.disable_dropout(model)
-        results[name] = sample_and_score(model, ref, tok, prompt_ids, prompts, gold_fn, k=k, **common)
+        sampler = make_engine(engine, model, settings)
+        results[name] = sample_and_score(
+            sampler, model, ref, tok, prompt_ids, prompts, gold_fn, k=k, **common
+        )
+        sampler.close()
     bon = None
     if best_of:
         # Other sampling seeds than the baseline's, so the baseline's own samples are not among the N.
+        sampler = make_engine(engine, ref, settings)
         draws = sample_and_score(
-            ref, ref, tok, prompt_ids, prompts, gold_fn, k=best_of, with_kl=False,
+            sampler, ref, ref, tok, prompt_ids, prompts, gold_fn, k=best_of, with_kl=False,
             **{**common, "seed": seed + 100_003},
         )  # fmt: skip
+        sampler.close()
         bon = best_of_n(draws)
         bon.extra["sampled_mean_gold"] = float(draws.gold.mean())
     bar.close()
@@ -666,7 +667,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         samples_per_prompt=cfg.samples_per_prompt, seeds=cfg.seeds, seed=cfg.seed,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
         best_of=cfg.best_of_n, batch_size=cfg.batch_size, max_prompt_length=cfg.max_prompt_length,
-        progress=cfg.progress, gold_name=cfg.gold_reward,
+        progress=cfg.progress, gold_name=cfg.gold_reward, engine=cfg.engine,
     )  # fmt: skip
     path = write_eval(cfg.out, report, records)
     print(format_table(report))

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -41,10 +42,12 @@ class LabelConfig:
     """Bradley-Terry temperature: P(a > b) = sigmoid((gold_a - gold_b) / tau); smaller = less label noise."""
     out: str = ""
     """Output .jsonl with prompt/chosen/rejected; the gold values go to <out stem>.gold.jsonl (required)."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: hf (Hugging Face generate) or vllm (needs the vllm package)."""
     max_new_tokens: int = 48
     """Longest response in tokens."""
     temperature: float = 1.0
-    """Sampling temperature."""
+    """Sampling temperature (0: greedy)."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     max_prompts: int = 0
@@ -78,6 +81,7 @@ def label_pairs(
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int = 128,
+    engine: str = "hf",
 ) -> tuple[PreferenceData, dict[str, float]]:
     """Sample 2 * pairs_per_prompt responses per prompt, score them with the gold reward and label the
     pairs by Bradley-Terry sampling. Returns the data (rows hold prompt/chosen/rejected only) and its
@@ -87,7 +91,7 @@ def label_pairs(
     counted: preference data with an empty completion is refused by the data layer."""
     samples = sample_responses(
         model, tokenizer, list(prompts), n_per_prompt=2 * pairs_per_prompt, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size, engine=engine,
     )  # fmt: skip
     pair_prompts, a, b = [], [], []
     for p, rs in zip(prompts, samples):
@@ -173,7 +177,7 @@ def run_label(cfg: LabelConfig) -> Path:
     data, s = label_pairs(
         model, tok, prompts, gold_fn, pairs_per_prompt=cfg.pairs_per_prompt, tau=cfg.tau, seed=cfg.seed,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size, engine=cfg.engine,
     )  # fmt: skip
     out, side = write_preferences(cfg.out, data)
     print(

@@ -148,3 +148,13 @@ def test_sample_responses_stops_at_eos(tiny_tokenizer):
         model.transformer.ln_f.bias.fill_(1.0)
     out = sample_responses(model, tiny_tokenizer, ["The movie"], 2, max_new_tokens=5, seed=0)
     assert out == [["", ""]]
+
+
+def test_sample_responses_do_not_depend_on_the_batch_size(model_and_tok):
+    model, tok = model_and_tok
+    prompts = ["The movie", "I hated the plot, it", "What a lovely film!"]
+    kw = dict(n_per_prompt=3, max_new_tokens=6, seed=5)
+    s4 = sample_responses(model, tok, prompts, batch_size=4, **kw)
+    assert s4 == sample_responses(model, tok, prompts, batch_size=1, **kw)
+    assert s4 == sample_responses(model, tok, prompts, batch_size=9, **kw)
+    assert len({r for rs in s4 for r in rs}) > 3  # samples of one prompt differ: each has its own seed

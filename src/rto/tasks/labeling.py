@@ -99,7 +99,6 @@ def make_preference_rows(
     return PreferenceData(rows, gold, n_identical)
 
 
-@torch.no_grad()
 def sample_responses(
     model,
     tokenizer,
@@ -110,41 +109,37 @@ def sample_responses(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 32,
+    engine: str = "hf",
 ) -> list[list[str]]:
     """``n_per_prompt`` sampled responses for each prompt: out[i][j] is the j-th response to prompts[i].
 
-    Prompts are tokenized as given (no BOS added, like the SFT data) and left-padded; responses are
-    decoded without the prompt and with special tokens removed (the EOS included), leading space kept so
-    that prompt + response is the full text. Deterministic given ``seed`` and ``batch_size``: the global
-    torch RNG is left as it was. ``temperature <= 0`` means greedy decoding."""
+    Sampled by the rollout ``engine`` (``rto.engines``) exactly as PPO and `rto eval` sample: prompts are
+    tokenized as every prompt is (``encode_prompt``: rendered, the tokenizer's BOS once) and response j of
+    prompt i draws from its own seed (``seed``, index ``i * n_per_prompt + j``), so the responses do not
+    depend on ``batch_size`` and the global torch RNG is never touched. Responses are decoded without the
+    prompt and with special tokens removed (the EOS included), leading space kept so that prompt + response
+    is the full text. ``temperature == 0`` means greedy decoding. The model's train/eval mode is restored."""
+    from rto.data.tokenize import encode_prompt
+    from rto.engines import SamplingSettings, generate_for_prompts, make_engine, sample_seeds
+
     if n_per_prompt < 1 or batch_size < 1 or max_new_tokens < 1:
         raise RtoError("sampling: n_per_prompt, batch_size and max_new_tokens must be >= 1")
-    flat = [p for p in prompts for _ in range(n_per_prompt)]
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    do_sample = temperature > 0
-    gen_kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    flat = [ids for ids in encoded for _ in range(n_per_prompt)]
+    seeds = sample_seeds(seed, 0, torch.arange(len(flat)))
+    settings = SamplingSettings(
+        max_new_tokens, temperature, top_p, tokenizer.eos_token_id, tokenizer.pad_token_id
     )
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    was_training = model.training
+    sampler = make_engine(engine, model, settings)
     texts: list[str] = []
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, len(flat), batch_size):
-                enc = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True)
-                enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-                out = model.generate(**enc, **gen_kwargs)
-                new = out[:, enc["input_ids"].shape[1] :]
-                texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        for start in range(0, len(flat), batch_size):
+            roll = generate_for_prompts(
+                sampler, flat[start : start + batch_size], seeds[start : start + batch_size]
+            )
+            texts.extend(tokenizer.batch_decode(roll.response_ids, skip_special_tokens=True))
     finally:
-        tokenizer.padding_side = old_side
+        sampler.close()
         model.train(was_training)
     return [texts[i * n_per_prompt : (i + 1) * n_per_prompt] for i in range(len(prompts))]

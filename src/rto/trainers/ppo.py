@@ -2,7 +2,7 @@
 
 One iteration reads top to bottom:
 
-1. rollout    sample one response per prompt from the current policy (per-sample seeded, KV cache);
+1. rollout    sample one response per prompt from the current policy (the rollout engine, rto/engines/);
 2. score      policy (old), reference, DPO model log-probs of the sampled tokens, critic values,
               reward-model score at the last valid token (re-tokenized when the RM has its own tokenizer);
 3. rewards    per-token rewards of the chosen mode (algorithms/rewards.py);
@@ -38,9 +38,9 @@ from rto.data.collate import collate_prompts, pad_sequences
 from rto.data.formats import ColumnMap, to_prompt_examples
 from rto.data.loading import load_rows
 from rto.data.tokenize import encode_completion, encode_prompt, tokenize_all, tokenize_prompt
+from rto.engines import Rollout, SamplingSettings, make_engine, sample_seeds
 from rto.errors import NonFiniteError, RtoError
 from rto.trainers import checkpoints, data_order, guards, metrics, optim, signals
-from rto.trainers.generation import Rollout, generate, sample_seeds
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +410,8 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     for m in (ms.ref, ms.dpo, ms.reward):
         if m is not None:
             m.to(acc.device)
+    settings = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos_id, pad_id)
+    engine = make_engine(cfg.engine, lambda: policy, settings)
     guard = guards.SkipGuard(cfg)  # on_nonfinite: stop, or skip with a limit on skips in a row
     kl_ctl = (
         AdaptiveKLController(cfg.beta2, cfg.kl_target, cfg.kl_horizon)
@@ -449,18 +451,9 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
         local_items = [items[i] for _, i in share]
         sample_index = torch.tensor([g for g, _ in share], dtype=torch.long)
         batch = collate_prompts(local_items, pad_id)
-        unwrapped = acc.unwrap_model(policy)
-        unwrapped.eval()
-        roll = generate(
-            unwrapped,
-            batch["input_ids"].to(acc.device),
-            batch["attention_mask"].to(acc.device),
-            sample_seeds(cfg.seed, it, sample_index).to(acc.device),
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            eos_id=eos_id,
-            pad_id=pad_id,
+        engine.sync_weights(policy)  # the engine samples from the weights of the last update
+        roll = engine.generate(
+            batch["input_ids"], batch["attention_mask"], sample_seeds(cfg.seed, it, sample_index)
         )
         t1 = time.perf_counter()
         signals.pause_point("rollout", it + 1)
@@ -468,7 +461,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
         exp = score_rollout(
             cfg,
             ms,
-            unwrapped,
+            acc.unwrap_model(policy),
             acc.unwrap_model(critic) if critic is not None else None,
             roll,
             [it_["prompt"] for it_ in local_items],
@@ -561,6 +554,7 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
                 acc, out, step_no, {"kl_controller": kl_ctl.state_dict()}, cfg.save_total_limit
             )
     bar.close()
+    engine.close()
     checkpoints.save_hf_folder(acc, policy, tok, out)
     if critic is not None:
         checkpoints.save_hf_folder(acc, critic, tok, out / "critic")

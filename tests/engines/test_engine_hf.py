@@ -1,19 +1,33 @@
-"""Per-sample seeded sampling: batch-independent, a real sample from softmax, EOS handling."""
+"""The rollout-engine interface and the Hugging Face engine: per-sample seeded sampling that is
+batch-independent, a real sample from softmax, EOS handling; the factory's errors."""
 
+import pytest
 import torch
 
-from rto.trainers.generation import counter_uniform, generate, response_mask_from_ids, sample_seeds
+from rto.engines import (
+    RolloutEngine,
+    SamplingSettings,
+    generate_for_prompts,
+    make_engine,
+    response_mask_from_ids,
+    sample_seeds,
+)
+from rto.engines.hf import HFEngine, counter_uniform
+from rto.errors import ConfigError, RtoError
 from tests.conftest import make_tiny_gpt2
 
 
-def _gen(model, tok, prompts, seeds, **kw):
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True)
+def _settings(tok, **kw):
     args = dict(
         max_new_tokens=10, temperature=1.0, top_p=1.0, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id
     )
     args.update(kw)
-    return generate(model, enc.input_ids, enc.attention_mask, seeds, **args)
+    return SamplingSettings(**args)
+
+
+def _gen(model, tok, prompts, seeds, **kw):
+    engine = make_engine("hf", model, _settings(tok, **kw))
+    return generate_for_prompts(engine, [tok(p)["input_ids"] for p in prompts], seeds)
 
 
 def _boost(model, token_id, amount=50.0):
@@ -104,3 +118,53 @@ def test_generation_stops_early_when_all_rows_end(tiny_tokenizer):
     )
     assert roll.response_ids.shape[1] == 1
     assert roll.ended.all()
+
+
+def test_greedy_at_temperature_zero_ignores_the_seed(tiny_tokenizer):
+    model = make_tiny_gpt2(tiny_tokenizer).eval()
+    a = _gen(model, tiny_tokenizer, ["The movie"], sample_seeds(0, 0, torch.arange(1)), temperature=0.0)
+    b = _gen(model, tiny_tokenizer, ["The movie"], sample_seeds(9, 3, torch.arange(1)), temperature=0.0)
+    assert torch.equal(a.response_ids, b.response_ids)
+    ids = tiny_tokenizer(["The movie"], return_tensors="pt").input_ids
+    expected, seq = [], ids
+    with torch.no_grad():  # greedy by hand: argmax of the logits at each step (pad never chosen)
+        for _ in range(int(a.response_mask.sum())):
+            logits = model(seq).logits[0, -1]
+            logits[tiny_tokenizer.pad_token_id] = -float("inf")
+            nxt = int(logits.argmax())
+            expected.append(nxt)
+            seq = torch.cat([seq, torch.tensor([[nxt]])], 1)
+    assert a.response_ids[0, : len(expected)].tolist() == expected
+
+
+def test_engine_interface_and_collation(tiny_tokenizer):
+    model = make_tiny_gpt2(tiny_tokenizer)
+    model.train()
+    engine = HFEngine(lambda: model, _settings(tiny_tokenizer, max_new_tokens=4))
+    assert isinstance(engine, RolloutEngine)
+    prompts = [tiny_tokenizer("The movie")["input_ids"], tiny_tokenizer("I hated the plot, it")["input_ids"]]
+    seeds = sample_seeds(0, 0, torch.arange(2))
+    roll = generate_for_prompts(engine, prompts, seeds)
+    assert not model.training  # the engine samples in eval mode
+    assert roll.engine_logps is None  # the HF engine leaves scoring to the trainer
+    assert roll.prompt_mask.tolist()[0][: roll.prompt_ids.shape[1] - len(prompts[0])] == [0] * (
+        roll.prompt_ids.shape[1] - len(prompts[0])
+    )  # left-padded
+    assert roll.input_ids.shape == roll.attention_mask.shape
+    engine.sync_weights(model)  # a no-op for the live policy
+    again = generate_for_prompts(engine, prompts, seeds)
+    assert torch.equal(again.response_ids, roll.response_ids)
+    engine.close()
+
+
+def test_make_engine_errors():
+    s = SamplingSettings(4, 1.0, 1.0, eos_id=1, pad_id=0)
+    with pytest.raises(ConfigError, match="unknown rollout engine 'sglang': choose one of hf, vllm"):
+        make_engine("sglang", None, s)
+    with pytest.raises(ConfigError, match="takes no options"):
+        make_engine("hf", None, s, gpu_memory_utilization=0.5)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(RtoError, match="needs the vllm package"):
+            make_engine("vllm", None, s)
