@@ -12,34 +12,28 @@ every RL seed: the seeds measure the variation of the RL stage, which is what PP
 The gold reward is read only by the labelling (through the labels), by evaluation, and to log the gold
 reward of each PPO iteration's rollout samples (a measurement: it never enters the update).
 
-Every stage writes under ``--out``; a stage whose folder holds a completed marker with the same settings
-is reused with ``--reuse`` (so a run can be continued, or only the report redone).
+This module holds the presets, the config and the order of the stages; the stages themselves are plain
+functions in ``rto.stages``, run and timed by ``rto.runner`` (the same runner ``rto experiment`` uses), and
+the report is built by ``rto.report``. Every stage writes under ``--out``; a stage whose folder holds a
+completed marker with the same settings is reused with ``--reuse`` (so a run can be continued, or only the
+report redone).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import platform
-import shutil
-import signal
-import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from rto.errors import ConfigError, RtoError
-
-log = logging.getLogger(__name__)
-
-STAGE_MARKER = ".rto_demo_stage.json"  # written when a stage has completed
-STARTED_MARKER = ".rto_demo_started.json"  # written when a stage starts
-N_TRAIN_PROMPTS = 4000  # training prompts written (at least n_pref_prompts)
+from rto.runner import Job, Stages, quiet_transformers
+from rto.stages import stage_signatures
 
 # Budgets per preset. "default" must finish in under 10 minutes on 2 CPU cores (docs/demo.md has the
 # measured figure); "smoke" in about a minute; "test" is for the test suite.
@@ -224,324 +218,6 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
     return out
 
 
-# ----------------------------------------------------------------------------- small helpers
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def _stage_done(folder: Path, signature: dict) -> bool:
-    marker = folder / STAGE_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("signature") == json.loads(json.dumps(signature))
-    except json.JSONDecodeError:
-        return False
-
-
-def _mark_done(folder: Path, signature: dict, seconds: float, cpu_seconds: float | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = {"signature": signature, "seconds": seconds, "cpu_seconds": cpu_seconds}
-    (folder / STAGE_MARKER).write_text(json.dumps(marker, indent=1))
-
-
-def _stage_seconds(folder: Path) -> tuple[float | None, float | None]:
-    """(wall, CPU) seconds recorded when the stage ran."""
-    try:
-        marker = json.loads((folder / STAGE_MARKER).read_text())
-        return float(marker["seconds"]), marker.get("cpu_seconds")
-    except (OSError, KeyError, ValueError, TypeError):
-        return None, None
-
-
-def split_prompts(n_train: int, n_eval: int, seed: int) -> tuple[list[str], list[str]]:
-    """Held-out prompts: the first ``n_eval`` distinct openings of one prompt stream. Training prompts:
-    ``n_train`` draws of another stream with every held-out opening removed (so they are disjoint;
-    repeats among training prompts are kept, as in the corpus)."""
-    from rto.tasks.sentiment import generate_prompts
-
-    eval_prompts: list[str] = []
-    seen: set[str] = set()
-    stream_seed = seed + 10_000
-    while len(eval_prompts) < n_eval:
-        for p in generate_prompts(max(4 * n_eval, 256), seed=stream_seed):
-            if p not in seen:
-                seen.add(p)
-                eval_prompts.append(p)
-                if len(eval_prompts) == n_eval:
-                    break
-        stream_seed += 1
-        if stream_seed > seed + 10_050:
-            raise RtoError(f"could not find {n_eval} distinct evaluation prompts")
-    train: list[str] = []
-    stream_seed = seed
-    while len(train) < n_train:
-        train.extend(p for p in generate_prompts(2 * n_train, seed=stream_seed) if p not in seen)
-        stream_seed += 1
-    return train[:n_train], eval_prompts
-
-
-def gold_hook(gold_fn: Callable) -> Callable:
-    """PPO rollout hook: the gold reward of the rollout samples, logged per iteration (measurement only)."""
-    import numpy as np
-
-    def hook(iteration: int, prompts: list[str], responses: list[str]) -> dict[str, float]:
-        g = np.asarray(gold_fn(prompts, responses), dtype=float)
-        return {"gold": float(g.mean()), "gold_std": float(g.std())}
-
-    return hook
-
-
-# ----------------------------------------------------------------------------- DPO token rewards
-
-
-def dpo_token_rewards(
-    dpo, ref, tokenizer, prompts: list[str], responses: list[str], beta: float, batch_size=64
-):
-    """For each (prompt, response): the response tokens (with EOS) and beta * (log pi_dpo - log pi_ref)
-    of each token. Tokenized as in training (prompt and completion separately, one EOS)."""
-    import torch
-
-    from rto import models
-    from rto.data.collate import pad_sequences
-    from rto.data.tokenize import encode_completion, encode_prompt
-
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        ps, rs = prompts[start : start + batch_size], responses[start : start + batch_size]
-        p_ids = [encode_prompt(tokenizer, p) for p in ps]
-        c_ids = [encode_completion(tokenizer, r) for r in rs]
-        seqs = [a + b for a, b in zip(p_ids, c_ids)]
-        ids = pad_sequences(seqs, tokenizer.pad_token_id, side="right")
-        attn = pad_sequences([[1] * len(s) for s in seqs], 0, side="right")
-        with torch.inference_mode():
-            lp_dpo = models.response_token_logps(dpo, ids, attn)
-            lp_ref = models.response_token_logps(ref, ids, attn)
-        for b, (pi, ci) in enumerate(zip(p_ids, c_ids)):
-            sl = slice(len(pi) - 1, len(pi) - 1 + len(ci))
-            r = (beta * (lp_dpo[b, sl] - lp_ref[b, sl])).tolist()
-            toks = [tokenizer.decode([t]) for t in ci]
-            out.append({"tokens": toks, "rewards": r, "total": float(sum(r))})
-    return out
-
-
-# ----------------------------------------------------------------------------- the pipeline
-
-
-@dataclass
-class Job:
-    """One stage: ``func`` (a stage function of this module) called as func(cfg, root, **kwargs)."""
-
-    name: str
-    folder: Path
-    signature: dict
-    func: str
-    kwargs: dict = dataclasses.field(default_factory=dict)
-    total: int = 0  # optimizer steps / iterations, for the progress bar of a parallel run
-
-
-class Pipeline:
-    """Runs the stages, timing each (wall and CPU seconds) and skipping completed ones under --reuse.
-    Independent stages (RM and DPO; the PPO/RTO runs) run as ``workers`` parallel processes."""
-
-    def __init__(self, cfg: DemoConfig):
-        self.cfg = cfg
-        self.root = Path(cfg.out)
-        self.timings: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}  # CPU seconds of the stage's process: a load-independent measure
-        self.reused: list[str] = []  # stages taken from an earlier run (their times are that run's)
-
-    def _reusable(self, job: Job) -> bool:
-        if self.cfg.reuse and _stage_done(job.folder, job.signature):
-            secs, cpu = _stage_seconds(job.folder)
-            print(f"== {job.name}: reusing {job.folder}", flush=True)
-            self.timings[job.name] = secs if secs is not None else 0.0
-            if cpu is not None:
-                self.cpu[job.name] = cpu
-            self.reused.append(job.name)
-            return True
-        return False
-
-    def _start(self, job: Job) -> None:
-        """Make the stage's folder ready: a folder left by an interrupted run of the same stage with the same
-        settings is continued when the stage can resume (PPO/RTO from its last checkpoint, under --reuse);
-        otherwise it is cleared, so no stale file or checkpoint mixes into the new run."""
-        started = job.folder / STARTED_MARKER
-        same = (
-            self.cfg.reuse
-            and started.is_file()
-            and _read_json(started).get("signature") == json.loads(json.dumps(job.signature))
-        )
-        resume = same and job.func == "stage_rl" and (job.folder / "checkpoints").is_dir()
-        if job.folder.exists() and not resume and job.name != "data":  # data/ also holds labels/
-            shutil.rmtree(job.folder)
-        job.folder.mkdir(parents=True, exist_ok=True)
-        started.write_text(json.dumps({"signature": job.signature}))
-        if job.func == "stage_rl":
-            job.kwargs["resume"] = bool(resume)
-            if resume:
-                print(f"== {job.name}: continuing the interrupted run from its last checkpoint", flush=True)
-
-    def run(self, job: Job) -> None:
-        if self._reusable(job):
-            return
-        self._start(job)
-        t0, c0 = time.perf_counter(), time.process_time()
-        print(f"\n== {job.name} ==", flush=True)
-        globals()[job.func](self.cfg, self.root, **job.kwargs)
-        secs = time.perf_counter() - t0
-        self.timings[job.name] = secs
-        self.cpu[job.name] = time.process_time() - c0
-        _mark_done(job.folder, job.signature, secs, self.cpu[job.name])
-        print(f"== {job.name}: {secs:.1f}s (CPU {self.cpu[job.name]:.1f}s)", flush=True)
-
-    def run_parallel(self, jobs: list[Job]) -> None:
-        """Run jobs in up to ``workers`` child processes (one torch thread each unless --threads says
-        otherwise); each child logs to <folder>.log, progress bars follow their metrics.jsonl."""
-        todo = [j for j in jobs if not self._reusable(j)]
-        if self.cfg.workers <= 1 or len(todo) <= 1:
-            for j in todo:
-                self.run(j)
-            return
-        from tqdm.auto import tqdm
-
-        print(
-            f"\n== {', '.join(j.name for j in todo)} ({min(self.cfg.workers, len(todo))} in parallel) ==",
-            flush=True,
-        )
-        pending, running, failed = list(todo), {}, []
-        bars = {}
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the workers too when stopped
-        try:
-            while pending or running:
-                while pending and len(running) < self.cfg.workers:
-                    job = pending.pop(0)
-                    self._start(job)
-                    running[job.name] = (job, _spawn(self.cfg, self.root, job), time.perf_counter())
-                    bars[job.name] = tqdm(total=job.total or None, desc=job.name, disable=not self.cfg.progress,
-                                          position=len(bars), leave=True, dynamic_ncols=True)  # fmt: skip
-                time.sleep(0.5)
-                for name, (job, proc, t0) in list(running.items()):
-                    bar = bars[name]
-                    done = _count_lines(job.folder / "metrics.jsonl")
-                    if done > bar.n:
-                        bar.update(done - bar.n)
-                    if proc.poll() is None:
-                        continue
-                    del running[name]
-                    bar.close()
-                    secs = time.perf_counter() - t0
-                    if proc.returncode != 0:
-                        failed.append((job, proc.returncode))
-                        continue
-                    self.timings[name] = secs
-                    result = _read_json(job.folder.with_name(job.folder.name + ".job.json"))
-                    self.cpu[name] = float(result.get("cpu_s", float("nan")))
-                    _mark_done(job.folder, job.signature, secs, self.cpu[name])
-                    print(f"== {name}: {secs:.1f}s (CPU {self.cpu[name]:.1f}s)", flush=True)
-        except BaseException:
-            # SIGTERM: a trainer saves a checkpoint at its next step and exits (a --reuse run continues it)
-            for _, proc, _ in running.values():
-                proc.terminate()
-            for name, (_, proc, _) in running.items():
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                bars[name].close()
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        if failed:
-            job, rc = failed[0]
-            log_path = job.folder.with_name(job.folder.name + ".log")
-            tail = (
-                "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-15:])
-                if log_path.is_file()
-                else ""
-            )
-            raise RtoError(
-                f"stage '{job.name}' failed (exit status {rc}); last lines of {log_path}:\n{tail}\n"
-                "(--reuse continues the run: completed stages are kept, interrupted PPO/RTO runs resume)"
-            )
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        with path.open("rb") as f:
-            return sum(1 for _ in f)
-    except OSError:
-        return 0
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _spawn(cfg: DemoConfig, root: Path, job: Job):
-    """Start a child `python` running one job; the parent's sys.path goes along (a plug-in gold reward
-    importable here must be importable there)."""
-    import sys
-
-    spec = {"cfg": dataclasses.asdict(cfg), "root": str(root), "func": job.func, "kwargs": job.kwargs}
-    job.folder.parent.mkdir(parents=True, exist_ok=True)
-    spec_path = job.folder.with_name(job.folder.name + ".job.json")
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    env["OMP_NUM_THREADS"] = str(cfg.threads)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    log_file = job.folder.with_name(job.folder.name + ".log").open("w")
-    code = "import sys; from rto.demo import child_main; sys.exit(child_main(sys.argv[1]))"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, str(spec_path)], stdout=log_file, stderr=subprocess.STDOUT, env=env
-    )
-
-
-def child_main(spec_path: str) -> int:
-    """Entry point of a parallel stage process: run the job, write its CPU time beside the spec."""
-    import traceback
-
-    import torch
-
-    spec = json.loads(Path(spec_path).read_text())
-    cfg = DemoConfig(**spec["cfg"])
-    cfg.progress = False
-    torch.set_num_threads(cfg.threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_transformers()
-    c0 = time.process_time()
-    try:
-        globals()[spec["func"]](cfg, Path(spec["root"]), **spec["kwargs"])
-    except Exception:
-        traceback.print_exc()
-        return 1
-    spec["cpu_s"] = time.process_time() - c0
-    Path(spec_path).write_text(json.dumps(spec))
-    return 0
-
-
-def _common_train(cfg: DemoConfig) -> dict:
-    return dict(progress=cfg.progress, logging_steps=1, save_total_limit=1)
-
-
 def run_demo(cfg: DemoConfig) -> Path:
     """`rto demo`: returns the output folder (report.md, report.json, plots/ and every stage inside)."""
     import torch
@@ -555,7 +231,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_transformers()
+    quiet_transformers()
     from rto.config import save_config
     from rto.tasks.gold import load_gold_reward
 
@@ -568,30 +244,30 @@ def run_demo(cfg: DemoConfig) -> Path:
         f"{cfg.workers} worker(s) x {cfg.threads} torch thread(s), out {root} (load average {load_avg_start})",
         flush=True,
     )
-    pipe = Pipeline(cfg)
+    pipe = Stages(cfg.workers, cfg.threads, reuse=cfg.reuse, progress=cfg.progress)
     sigs = stage_signatures(cfg)
-    pipe.run(Job("data", root / "data", sigs["data"], "stage_data"))
-    pipe.run(Job("model", root / "init", sigs["model"], "stage_init"))
-    pipe.run(Job("sft", root / "sft", sigs["sft"], "stage_sft"))
-    pipe.run(Job("label", root / "data" / "labels", sigs["label"], "stage_label"))
+    pipe.run(_job(cfg, root, "data", root / "data", sigs["data"], "stage_data"))
+    pipe.run(_job(cfg, root, "model", root / "init", sigs["model"], "stage_init"))
+    pipe.run(_job(cfg, root, "sft", root / "sft", sigs["sft"], "stage_sft"))
+    pipe.run(_job(cfg, root, "label", root / "data" / "labels", sigs["label"], "stage_label"))
     n_pairs = _count_lines(root / "data" / "labels" / "preferences.jsonl")
     pref_steps = {
         k: max(1, int(n_pairs * getattr(cfg, f"{k}_epochs") // cfg.pref_batch_size)) for k in ("rm", "dpo")
     }
     pipe.run_parallel(
         [
-            Job("rm", root / "rm", sigs["rm"], "stage_rm", total=pref_steps["rm"]),
-            Job("dpo", root / "dpo", sigs["dpo"], "stage_dpo", total=pref_steps["dpo"]),
+            _job(cfg, root, "rm", root / "rm", sigs["rm"], "stage_rm", total=pref_steps["rm"]),
+            _job(cfg, root, "dpo", root / "dpo", sigs["dpo"], "stage_dpo", total=pref_steps["dpo"]),
         ]
     )
     rl_jobs = [
-        Job(f"{mode}-seed{k}", root / f"{mode}-seed{k}", {**sigs["rl"], "rl_seed": cfg.seed + k}, "stage_rl",
-            {"mode": mode, "k": k}, total=cfg.ppo_iterations)
+        _job(cfg, root, f"{mode}-seed{k}", root / f"{mode}-seed{k}", {**sigs["rl"], "rl_seed": cfg.seed + k},
+             "stage_rl", total=cfg.ppo_iterations, mode=mode, k=k)
         for k in range(cfg.seeds)
         for mode in ("ppo", "rto")
     ]  # fmt: skip
     pipe.run_parallel(rl_jobs)
-    pipe.run(Job("eval", root / "eval", sigs["eval"], "stage_eval"))
+    pipe.run(_job(cfg, root, "eval", root / "eval", sigs["eval"], "stage_eval"))
     total = time.perf_counter() - t_start
 
     from rto.report import build_report
@@ -629,42 +305,6 @@ def _model_name(cfg: DemoConfig) -> str:
     return f"pretrained {cfg.model}" if cfg.model else f"GPT-2 {cfg.size}"
 
 
-def stage_signatures(cfg: DemoConfig) -> dict[str, dict]:
-    """The settings each stage's output depends on (its own and its inputs'): --reuse reuses a stage only
-    when they are unchanged."""
-    data = {
-        **_sig(cfg, "n_reviews", "n_eval_prompts", "seed"),
-        "train_prompts": max(cfg.n_pref_prompts, N_TRAIN_PROMPTS),
-        # set only when used, so the embedded world's signatures (and cached runs) stay as they were
-        **{k: getattr(cfg, k) for k in ("model", "lora") if getattr(cfg, k)},
-    }
-    model = {**data, **_sig(cfg, "size")}
-    sft = {**model, **_sig(cfg, "sft_steps", "sft_batch_size", "sft_lr")}
-    label = {**sft, **_sig(cfg, "n_pref_prompts", "n_heldout_pairs", "tau", "max_new_tokens", "gold_reward")}
-    rm = {**label, **_sig(cfg, "rm_epochs", "rm_lr", "pref_batch_size")}
-    dpo = {**label, **_sig(cfg, "dpo_epochs", "dpo_lr", "dpo_beta", "pref_batch_size")}
-    rl = {
-        **rm,
-        **dpo,
-        **_sig(cfg, "mini_batch_size", "actor_lr", "critic_lr", "ppo_epochs", "beta1", "beta2", "beta3"),
-    }
-    ev = {**rl, **_sig(cfg, "seeds", "eval_samples", "best_of_n")}
-    return {
-        "data": data,
-        "model": model,
-        "sft": sft,
-        "label": label,
-        "rm": rm,
-        "dpo": dpo,
-        "rl": rl,
-        "eval": ev,
-    }
-
-
-def _sig(cfg: DemoConfig, *names: str) -> dict:
-    return {n: getattr(cfg, n) for n in names}
-
-
 def _loadavg() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -672,329 +312,20 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def _quiet_transformers() -> None:
-    """Model loading and saving print their own progress bars and init notices: noise in the demo."""
+def _count_lines(path: Path) -> int:
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
 
 
-# ----------------------------------------------------------------------------- stages
-# Each stage is func(cfg, root, ...) and finds its inputs by the folder layout under root.
+def _job(cfg: DemoConfig, root: Path, name: str, folder: Path, sig: dict, stage: str, total: int = 0, **kw):
+    """A stage of rto.stages as a runner job. Stages that may run in a worker process get progress bars
+    off (their output goes to <folder>.log; the parent shows bars from their metrics.jsonl)."""
+    worker_cfg = dataclasses.replace(cfg, progress=False) if total and cfg.workers > 1 else cfg
+    return Job(name, folder, sig, f"rto.stages:{stage}", {"cfg": worker_cfg, "root": root, **kw}, total,
+               resumable=stage == "stage_rl")  # fmt: skip
 
 
-def base_model(cfg: DemoConfig, root: Path) -> str:
-    """The model SFT starts from: the embedded world's fresh GPT-2 (init/), or the pretrained --model."""
-    if not cfg.model:
-        return str(root / "init")
-    from rto.pretrained import resolve_model
-
-    return resolve_model(cfg.model)
-
-
-def _max_length(cfg: DemoConfig) -> int:
-    """Longest prompt + response in training: review openings are short; chat prompts carry the template."""
-    return 256 if cfg.model else 128
-
-
-def stage_data(cfg: DemoConfig, root: Path) -> None:
-    if cfg.model:
-        return _chat_data(cfg, root)
-    from rto.tasks.sentiment import generate_examples
-
-    data = root / "data"
-    examples = generate_examples(cfg.n_reviews, seed=cfg.seed)
-    write_jsonl(data / "sft.jsonl", examples)
-    # PPO cycles through the training prompts (reshuffled each pass), so their number need not follow the
-    # rollout budget; the preference pairs use the first n_pref_prompts of them.
-    train, held_out = split_prompts(max(cfg.n_pref_prompts, N_TRAIN_PROMPTS), cfg.n_eval_prompts, cfg.seed)
-    write_jsonl(data / "prompts_train.jsonl", [{"prompt": p} for p in train])
-    write_jsonl(data / "prompts_eval.jsonl", [{"prompt": p} for p in held_out])
-    print(
-        f"{len(examples)} reviews; {len(train)} training prompts ({len(set(train))} distinct openings), "
-        f"{len(held_out)} held-out prompts (disjoint)"
-    )
-
-
-def _chat_data(cfg: DemoConfig, root: Path) -> None:
-    """Real user turns from chatterbot-corpus, rendered with the model's chat template (so every stage
-    sees plain prompt strings that end where the assistant's reply starts); the held-out prompts are
-    the first n_eval_prompts distinct turns, never used for preferences, SFT or PPO."""
-    from rto import models
-    from rto.data.tokenize import render_prompt
-    from rto.pretrained import chatterbot_conversations
-
-    data = root / "data"
-    convs = chatterbot_conversations(seed=cfg.seed)
-    need = cfg.n_eval_prompts + cfg.n_pref_prompts
-    if len(convs) < need:
-        raise ConfigError(
-            f"chatterbot-corpus has {len(convs)} distinct prompts: fields 'n_eval_prompts' ({cfg.n_eval_prompts}) + "
-            f"'n_pref_prompts' ({cfg.n_pref_prompts}) must be at most that"
-        )
-    base = base_model(cfg, root)
-    tok = models.load_tokenizer(base)
-
-    def chat(user: str) -> list[dict]:
-        return [{"role": "user", "content": user}]
-
-    def prompt_rows(pairs) -> list[dict]:
-        return [{"prompt": render_prompt(tok, chat(u)), "user": u} for u, _ in pairs]
-
-    held_out, train = convs[: cfg.n_eval_prompts], convs[cfg.n_eval_prompts :]
-    write_jsonl(data / "prompts_train.jsonl", prompt_rows(train))
-    write_jsonl(data / "prompts_eval.jsonl", prompt_rows(held_out))
-    # SFT data (used when sft_steps > 0): the corpus's own replies, in the conversational format.
-    sft = [{"prompt": chat(u), "completion": [{"role": "assistant", "content": r}]} for u, r in train if r]
-    write_jsonl(data / "sft.jsonl", sft)
-    print(
-        f"chatterbot-corpus: {len(train)} training prompts, {len(held_out)} held-out prompts (disjoint), "
-        f"{len(sft)} replies for SFT; chat template of {base}"
-    )
-
-
-def stage_init(cfg: DemoConfig, root: Path) -> None:
-    if cfg.model:  # a pretrained model: make sure it loads (and convert the packaged GGUF once)
-        from rto import models
-
-        path = base_model(cfg, root)
-        n = sum(p.numel() for p in models.load_causal_lm(path, models.load_tokenizer(path)).parameters())
-        (root / "init").mkdir(parents=True, exist_ok=True)
-        print(f"pretrained model {cfg.model} ({path}): {n / 1e6:.1f}M parameters")
-        return
-    import torch
-    from transformers import GPT2LMHeadModel
-
-    from rto.tasks.sentiment import build_sentiment_tokenizer, tiny_gpt2_config
-
-    rows = read_jsonl(root / "data" / "sft.jsonl")
-    tok = build_sentiment_tokenizer(r["prompt"] + r["completion"] for r in rows)
-    torch.manual_seed(cfg.seed)
-    model = GPT2LMHeadModel(tiny_gpt2_config(tok, cfg.size))
-    model.save_pretrained(root / "init")
-    tok.save_pretrained(root / "init")
-    n = sum(p.numel() for p in model.parameters())
-    print(f"tokenizer: {len(tok)} tokens; GPT-2 '{cfg.size}': {n / 1e6:.2f}M parameters")
-
-
-def stage_sft(cfg: DemoConfig, root: Path) -> None:
-    from rto.config import SFTConfig
-    from rto.trainers.sft import train_sft
-
-    if cfg.sft_steps == 0:
-        return _copy_model(base_model(cfg, root), root / "sft")
-    train_sft(
-        SFTConfig(
-            model=base_model(cfg, root), data=str(root / "data" / "sft.jsonl"), output_dir=str(root / "sft"),
-            seed=cfg.seed, learning_rate=cfg.sft_lr, max_steps=cfg.sft_steps, per_device_batch_size=cfg.sft_batch_size,
-            warmup_ratio=0.05, max_length=_max_length(cfg), lora=cfg.lora, **_common_train(cfg),
-        )
-    )  # fmt: skip
-
-
-def _copy_model(src: str, dst: Path) -> None:
-    """The pretrained model as the SFT model: a local folder's files are hard-linked (copied across file
-    systems); a hub id is loaded and saved."""
-    dst.mkdir(parents=True, exist_ok=True)
-    if Path(src).is_dir():
-        for f in Path(src).iterdir():
-            if f.is_file():
-                try:
-                    os.link(f, dst / f.name)
-                except OSError:
-                    shutil.copy2(f, dst / f.name)
-    else:
-        from rto import models
-
-        tok = models.load_tokenizer(src)
-        models.load_causal_lm(src, tok).save_pretrained(dst, safe_serialization=True)
-        tok.save_pretrained(dst)
-    print(f"SFT model = the pretrained model {src} (sft_steps 0), in {dst}")
-
-
-def _load_lm(path: Path):
-    from rto import models
-
-    tok = models.load_tokenizer(str(path), padding_side="left")
-    model = models.freeze(models.load_causal_lm(str(path), tok))
-    models.disable_dropout(model)
-    return tok, model
-
-
-def stage_label(cfg: DemoConfig, root: Path) -> None:
-    from rto.label import label_pairs, label_stats, write_preferences
-    from rto.tasks.gold import load_gold_reward
-
-    gold_fn = load_gold_reward(cfg.gold_reward)
-    labels = root / "data" / "labels"
-    tok, model = _load_lm(root / "sft")
-    train = [r["prompt"] for r in read_jsonl(root / "data" / "prompts_train.jsonl")][: cfg.n_pref_prompts]
-    held_out = [r["prompt"] for r in read_jsonl(root / "data" / "prompts_eval.jsonl")]
-    kw = dict(tau=cfg.tau, max_new_tokens=cfg.max_new_tokens, batch_size=256)
-    prefs, train_stats = label_pairs(model, tok, train, gold_fn, seed=cfg.seed, **kw)
-    write_preferences(labels / "preferences.jsonl", prefs)
-    # Held-out pairs: on the evaluation prompts (never trained on), to check the learned rewards.
-    per = -(-cfg.n_heldout_pairs // len(held_out))
-    extra, extra_stats = label_pairs(
-        model, tok, held_out, gold_fn, pairs_per_prompt=per, seed=cfg.seed + 1, **kw
-    )
-    extra = extra._replace(rows=extra.rows[: cfg.n_heldout_pairs], gold=extra.gold[: cfg.n_heldout_pairs])
-    write_preferences(labels / "heldout_pairs.jsonl", extra)
-    stats = {
-        "train": train_stats,
-        "heldout": label_stats(extra, extra_stats["empty_skipped"]),
-        "tau": cfg.tau,
-    }
-    (labels / "label_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    s = stats["train"]
-    print(
-        f"{s['pairs']} training pairs ({s['identical_skipped']} identical, {s['empty_skipped']} with an empty "
-        f"response skipped); chosen has the higher gold in {s['agreement_with_gold']:.1%}; "
-        f"{stats['heldout']['pairs']} held-out pairs"
-    )
-
-
-def stage_rm(cfg: DemoConfig, root: Path) -> None:
-    from rto.config import RewardConfig
-    from rto.trainers.reward import train_reward
-
-    train_reward(
-        RewardConfig(
-            model=str(root / "sft"), data=str(root / "data" / "labels" / "preferences.jsonl"),
-            output_dir=str(root / "rm"), seed=cfg.seed, learning_rate=cfg.rm_lr, num_epochs=cfg.rm_epochs,
-            per_device_batch_size=cfg.pref_batch_size, warmup_ratio=0.05, max_length=_max_length(cfg), lora=cfg.lora,
-            **_common_train(cfg),
-        )
-    )  # fmt: skip
-
-
-def stage_dpo(cfg: DemoConfig, root: Path) -> None:
-    from rto.config import DPOConfig
-    from rto.trainers.dpo import train_dpo
-
-    train_dpo(
-        DPOConfig(
-            model=str(root / "sft"), data=str(root / "data" / "labels" / "preferences.jsonl"),
-            output_dir=str(root / "dpo"), seed=cfg.seed, learning_rate=cfg.dpo_lr, num_epochs=cfg.dpo_epochs,
-            per_device_batch_size=cfg.pref_batch_size, beta=cfg.dpo_beta, warmup_ratio=0.05,
-            max_length=_max_length(cfg), lora=cfg.lora, **_common_train(cfg),
-        )
-    )  # fmt: skip
-
-
-def ppo_config(cfg: DemoConfig, root: Path, mode: str, k: int):
-    """The PPO/RTO config: identical for both methods except the reward mode (RTO: beta1 > 0, DPO model)."""
-    from rto.config import PPOConfig
-
-    return PPOConfig(
-        policy=str(root / "sft"), ref_model=str(root / "sft"), reward_model=str(root / "rm"),
-        dpo_model=str(root / "dpo") if mode == "rto" else None, reward_mode=mode,
-        prompts=str(root / "data" / "prompts_train.jsonl"), output_dir=str(root / f"{mode}-seed{k}"),
-        seed=cfg.seed + k, beta1=cfg.beta1, beta2=cfg.beta2, beta3=cfg.beta3, max_new_tokens=cfg.max_new_tokens,
-        num_iterations=cfg.ppo_iterations, rollout_batch_size=cfg.rollout_batch_size,
-        mini_batch_size=cfg.mini_batch_size, ppo_epochs=cfg.ppo_epochs, actor_lr=cfg.actor_lr,
-        critic_lr=cfg.critic_lr, warmup_ratio=0.0, lr_scheduler="constant",
-        dump_rollouts=max(1, cfg.ppo_iterations // 4), progress=cfg.progress,
-        max_prompt_length=_max_length(cfg) // 2, lora=cfg.lora,
-    )  # fmt: skip
-
-
-def stage_rl(cfg: DemoConfig, root: Path, mode: str, k: int, resume: bool = False) -> None:
-    from rto.tasks.gold import load_gold_reward
-    from rto.trainers.ppo import train_ppo
-
-    pcfg = ppo_config(cfg, root, mode, k)
-    pcfg.resume = resume
-    train_ppo(pcfg, rollout_hook=gold_hook(load_gold_reward(cfg.gold_reward)))
-
-
-def stage_eval(cfg: DemoConfig, root: Path) -> None:
-    import numpy as np
-
-    from rto import models
-    from rto.eval import evaluate, format_table, write_eval
-    from rto.tasks.gold import load_gold_reward
-
-    gold_fn = load_gold_reward(cfg.gold_reward)
-    sft, rm, dpo, eval_dir = root / "sft", root / "rm", root / "dpo", root / "eval"
-    labels = root / "data" / "labels"
-    held_out = [r["prompt"] for r in read_jsonl(root / "data" / "prompts_eval.jsonl")]
-    runs = {f"{m}-seed{k}": str(root / f"{m}-seed{k}") for k in range(cfg.seeds) for m in ("ppo", "rto")}
-    policies = {"sft": str(sft), "dpo": str(dpo), **runs}
-    report, records = evaluate(
-        policies, held_out, str(sft), gold_fn, reward_model=str(rm), samples_per_prompt=cfg.eval_samples,
-        seeds=1, seed=cfg.seed + 777, max_new_tokens=cfg.max_new_tokens, best_of=cfg.best_of_n,
-        batch_size=128, progress=cfg.progress, gold_name=cfg.gold_reward,
-    )  # fmt: skip
-    write_eval(eval_dir, report, records)
-    print(format_table(report))
-
-    # The learned rewards on held-out pairs: accuracy of the RM and of DPO's implicit reward, and the
-    # token rewards beta * (log pi_dpo - log pi_ref) behind the report's pictures.
-    pairs = read_jsonl(labels / "heldout_pairs.jsonl")
-    gold = read_jsonl(labels / "heldout_pairs.gold.jsonl")
-    tok, ref = _load_lm(sft)
-    _, dpo_model = _load_lm(dpo)
-    prompts = [p["prompt"] for p in pairs]
-    chosen = dpo_token_rewards(dpo_model, ref, tok, prompts, [p["chosen"] for p in pairs], cfg.dpo_beta)
-    rejected = dpo_token_rewards(dpo_model, ref, tok, prompts, [p["rejected"] for p in pairs], cfg.dpo_beta)
-    rm_tok = models.load_tokenizer(str(rm), padding_side="right")
-    rm_model = models.freeze(models.load_score_model(str(rm), rm_tok))
-    rm_c = _rm_text_scores(rm_model, rm_tok, prompts, [p["chosen"] for p in pairs])
-    rm_r = _rm_text_scores(rm_model, rm_tok, prompts, [p["rejected"] for p in pairs])
-    rows = []
-    for i, p in enumerate(pairs):
-        rows.append(
-            {
-                "prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
-                "chosen_gold": gold[i]["chosen_gold"], "rejected_gold": gold[i]["rejected_gold"],
-                "dpo_chosen": chosen[i]["total"], "dpo_rejected": rejected[i]["total"],
-                "rm_chosen": rm_c[i], "rm_rejected": rm_r[i],
-                "chosen_tokens": chosen[i]["tokens"], "chosen_token_rewards": chosen[i]["rewards"],
-                "rejected_tokens": rejected[i]["tokens"], "rejected_token_rewards": rejected[i]["rewards"],
-            }
-        )  # fmt: skip
-    write_jsonl(eval_dir / "heldout_pairs_scored.jsonl", rows)
-    dc = np.array([r["dpo_chosen"] for r in rows])
-    dr = np.array([r["dpo_rejected"] for r in rows])
-    print(
-        f"held-out pairs: DPO implicit reward ranks chosen first in {np.mean(dc > dr):.1%}, "
-        f"RM in {np.mean(np.array(rm_c) > np.array(rm_r)):.1%}"
-    )
-
-
-def _rm_text_scores(
-    rm, rm_tok, prompts: list[str], responses: list[str], batch_size: int = 128
-) -> list[float]:
-    import torch
-
-    from rto import models
-    from rto.data.collate import pad_sequences
-    from rto.data.tokenize import encode_completion, encode_prompt
-
-    out: list[float] = []
-    for s in range(0, len(prompts), batch_size):
-        seqs = [
-            encode_prompt(rm_tok, p) + encode_completion(rm_tok, r)
-            for p, r in zip(prompts[s : s + batch_size], responses[s : s + batch_size])
-        ]
-        ids = pad_sequences(seqs, rm_tok.pad_token_id, side="right")
-        attn = pad_sequences([[1] * len(x) for x in seqs], 0, side="right")
-        with torch.inference_mode():
-            out.extend(models.sequence_scores(rm, ids, attn).tolist())
-    return out
-
-
-__all__ = [
-    "DemoConfig",
-    "PRESETS",
-    "run_demo",
-    "resolve",
-    "split_prompts",
-    "dpo_token_rewards",
-    "stage_signatures",
-]
+__all__ = ["DemoConfig", "PRESETS", "run_demo", "resolve"]

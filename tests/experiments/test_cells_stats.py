@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from rto.experiments.cells import cell_dir, cell_hash, computed_log, run_cells
-from rto.experiments.stats import aggregate, compare, passes_per_iteration, time_per_iteration
+from rto.experiments.cost import passes_per_iteration, time_per_iteration
+from rto.stats import aggregate, compare
 
 TOY = """
 def square(spec, folder):

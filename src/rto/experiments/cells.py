@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,46 +49,24 @@ def load_result(out: str | Path, spec: dict) -> dict | None:
         return None
 
 
-def _run_one(out: str, spec: dict, func: str) -> dict:
-    """Compute one cell (in this or a worker process) and store its result."""
-    import importlib
+def compute_cell(out: str, spec: dict, func: str) -> dict:
+    """Compute one cell (in this or a worker process): ``func`` ("module:function") called with the spec
+    and the cell's folder."""
+    from rto.runner import resolve_function
 
     folder = cell_dir(out, spec)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
-    module, name = func.split(":")
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = getattr(importlib.import_module(module), name)(spec, folder)
-    result = {
-        **result,
-        "spec": spec,
-        "hash": cell_hash(spec),
-        "wall_s": time.perf_counter() - t0,
-        "cpu_s": time.process_time() - c0,
-    }
-    write_json_atomic(folder / RESULT, result)
+    return resolve_function(func)(spec, folder)
+
+
+def _store(out: str, spec: dict, result: dict, wall_s: float, cpu_s: float) -> dict:
+    h = cell_hash(spec)
+    result = {**result, "spec": spec, "hash": h, "wall_s": wall_s, "cpu_s": cpu_s}
+    write_json_atomic(cell_dir(out, spec) / RESULT, result)
     with (Path(out) / "cells.log").open("a") as f:
-        f.write(
-            json.dumps({"hash": cell_hash(spec), "kind": spec.get("kind"), "wall_s": result["wall_s"]}) + "\n"
-        )
+        f.write(json.dumps({"hash": h, "kind": spec.get("kind"), "wall_s": wall_s}) + "\n")
     return result
-
-
-def _worker_init(threads: int) -> None:
-    import logging
-
-    import torch
-
-    torch.set_num_threads(threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def run_cells(
@@ -101,8 +78,11 @@ def run_cells(
     on_done: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Results of ``specs`` in order: cached ones read from disk, the rest computed by ``func``
-    ("module:function" taking (spec, folder) and returning a JSON-able dict), in ``workers`` processes.
-    Duplicate specs are computed once."""
+    ("module:function" taking (spec, folder) and returning a JSON-able dict) with rto.runner, in
+    ``workers`` processes (each cell's output then goes to ``cells/<hash>/cell.log``). Duplicate specs
+    are computed once; each result is stored as soon as its cell is done."""
+    from rto.runner import Call, execute, quiet_transformers
+
     out = str(out)
     results: dict[str, dict] = {}
     todo: dict[str, dict] = {}
@@ -117,25 +97,22 @@ def run_cells(
             todo[h] = s
     if todo:
         print(f"   {len(todo)} cell(s) to compute, {len(results)} cached", flush=True)
-    if workers <= 1 or len(todo) <= 1:
-        _worker_init(threads)
-        for h, s in todo.items():
-            results[h] = _run_one(out, s, func)
-            if on_done:
-                on_done(results[h])
-    elif todo:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    parallel = workers > 1 and len(todo) > 1
+    if not parallel:
+        quiet_transformers()
+    calls = [
+        Call("rto.experiments.cells:compute_cell", {"out": out, "spec": s, "func": func},
+             log=str(cell_dir(out, s) / "cell.log") if parallel else None, name=h)
+        for h, s in todo.items()
+    ]  # fmt: skip
 
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(
-            min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=(threads,)
-        ) as pool:
-            futs = {pool.submit(_run_one, out, s, func): h for h, s in todo.items()}
-            for fut in as_completed(futs):
-                results[futs[fut]] = fut.result()
-                if on_done:
-                    on_done(results[futs[fut]])
+    def done(call: Call, o) -> None:
+        spec = call.kwargs["spec"]
+        results[call.name] = _store(out, spec, o.result, o.wall_s, o.cpu_s)
+        if on_done:
+            on_done(results[call.name])
+
+    execute(calls, workers, threads, done)
     return [results[cell_hash(s)] for s in specs]
 
 

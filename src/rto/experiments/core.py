@@ -1,6 +1,6 @@
 """The shared world and the three kinds of cell every experiment is built from.
 
-world   the demo's data, tokenizer, SFT model and Bradley-Terry labels (rto.demo stages, reused by
+world   the demo's data, tokenizer, SFT model and Bradley-Terry labels (rto.stages, reused by
         signature), under ``<out>/world``: shared by every cell of the experiment.
 pref    a reward model or a preference-trained policy (DPO, IPO, SimPO, R-DPO, TDPO) on the first
         ``fraction`` of the labelled pairs.
@@ -46,16 +46,20 @@ def demo_from_spec(spec_demo: dict, world: Path) -> DemoConfig:
 
 def build_world(dcfg: DemoConfig) -> Path:
     """The demo's data, init, SFT and label stages under dcfg.out (skipped when already done)."""
-    from rto import demo
+    from rto.runner import Job, Stages, quiet_transformers
+    from rto.stages import stage_signatures
 
-    demo._quiet_transformers()
-    pipe = demo.Pipeline(dcfg)
-    sigs = demo.stage_signatures(dcfg)
+    quiet_transformers()
+    pipe = Stages(reuse=dcfg.reuse, progress=dcfg.progress)
+    sigs = stage_signatures(dcfg)
     root = Path(dcfg.out)
-    pipe.run(demo.Job("data", root / "data", sigs["data"], "stage_data"))
-    pipe.run(demo.Job("model", root / "init", sigs["model"], "stage_init"))
-    pipe.run(demo.Job("sft", root / "sft", sigs["sft"], "stage_sft"))
-    pipe.run(demo.Job("label", root / "data" / "labels", sigs["label"], "stage_label"))
+    for name, folder, stage in (
+        ("data", root / "data", "stage_data"),
+        ("model", root / "init", "stage_init"),
+        ("sft", root / "sft", "stage_sft"),
+        ("label", root / "data" / "labels", "stage_label"),
+    ):
+        pipe.run(Job(name, folder, sigs[name], f"rto.stages:{stage}", {"cfg": dcfg, "root": root}))
     return root
 
 
@@ -87,8 +91,7 @@ def pref_spec(
 
 
 def run_pref_cell(spec: dict, folder: Path) -> dict:
-    from rto.config import DPOConfig, RewardConfig
-    from rto.demo import read_jsonl, write_jsonl
+    from rto.stages import read_jsonl, train_preference, train_rm, write_jsonl
 
     out = _out_of(folder)
     world = out / "world"
@@ -96,29 +99,19 @@ def run_pref_cell(spec: dict, folder: Path) -> dict:
     pairs = read_jsonl(world / "data" / "labels" / "preferences.jsonl")
     n = max(d.pref_batch_size, round(len(pairs) * spec["fraction"]))
     data = write_jsonl(folder / "preferences.jsonl", pairs[:n])
-    common = dict(
-        model=str(world / "sft"), data=str(data), output_dir=str(folder / "model"), seed=d.seed,
-        per_device_batch_size=d.pref_batch_size, warmup_ratio=0.05, max_length=128, progress=False,
-        logging_steps=1, save_total_limit=1, resume=(folder / "model" / "checkpoints").is_dir(),  # see run_rl_cell
-    )  # fmt: skip
-    epochs = d.rm_epochs if spec["model"] == "rm" else d.dpo_epochs
+    # the folder is named by the spec's hash, so checkpoints in it are this cell's own (see run_rl_cell)
+    over: dict = {"resume": (folder / "model" / "checkpoints").is_dir()}
+    over["num_epochs"] = d.rm_epochs if spec["model"] == "rm" else d.dpo_epochs
     if spec.get("constant_steps"):  # as many optimizer steps as training on all the pairs takes
         from rto.trainers.data_order import total_steps_for
 
-        common["max_steps"] = total_steps_for(len(pairs), d.pref_batch_size, epochs, -1)
+        over["max_steps"] = total_steps_for(len(pairs), d.pref_batch_size, over["num_epochs"], -1)
     if spec["model"] == "rm":
-        from rto.trainers.reward import train_reward
-
-        train_reward(RewardConfig(learning_rate=d.rm_lr, num_epochs=epochs, **common))
+        train_rm(d, world / "sft", data, folder / "model", **over)
     else:
-        from rto.trainers.dpo import train_dpo
-
-        train_dpo(
-            DPOConfig(
-                learning_rate=d.dpo_lr, num_epochs=epochs, beta=spec["beta"], loss_type=spec["loss_type"],
-                **common,
-            )
-        )  # fmt: skip
+        train_preference(
+            d, world / "sft", data, folder / "model", beta=spec["beta"], loss_type=spec["loss_type"], **over
+        )
     return {"path": str((folder / "model").relative_to(out)), "n_pairs": len(pairs[:n])}
 
 
@@ -140,10 +133,8 @@ def rl_spec(
 
 
 def run_rl_cell(spec: dict, folder: Path) -> dict:
-    from rto.demo import gold_hook, ppo_config, read_jsonl
-    from rto.experiments.stats import passes_per_iteration, time_per_iteration
-    from rto.tasks.gold import load_gold_reward
-    from rto.trainers.ppo import train_ppo
+    from rto.experiments.cost import passes_per_iteration, time_per_iteration
+    from rto.stages import ppo_config, read_jsonl, run_rl
 
     out = _out_of(folder)
     world = out / "world"
@@ -162,8 +153,7 @@ def run_rl_cell(spec: dict, folder: Path) -> dict:
         resume=(folder / "policy" / "checkpoints").is_dir(),
         **spec["overrides"],
     )
-    gold_fn = load_gold_reward(d.gold_reward)
-    train_ppo(cfg, rollout_hook=gold_hook(gold_fn))
+    run_rl(cfg, d.gold_reward)
     metrics = read_jsonl(folder / "policy" / "metrics.jsonl")
     curve = [r["gold"] for r in metrics if "gold" in r]
     result = evaluate_policy(d, world, folder / "policy")
@@ -207,8 +197,9 @@ def evaluate_policy(d: DemoConfig, world: Path, policy: Path) -> dict:
     so every method meets the same baseline."""
     import numpy as np
 
-    from rto.demo import read_jsonl
-    from rto.eval import evaluate, win_outcomes
+    from rto.eval import evaluate
+    from rto.stages import read_jsonl
+    from rto.stats import win_outcomes
     from rto.tasks.gold import load_gold_reward
 
     prompts = [r["prompt"] for r in read_jsonl(world / "data" / "prompts_eval.jsonl")]

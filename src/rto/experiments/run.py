@@ -14,7 +14,7 @@ from typing import Any, Literal
 from rto.errors import ConfigError
 from rto.experiments import core
 from rto.experiments.cells import cell_hash, run_cells, write_json_atomic
-from rto.experiments.stats import aggregate, compare
+from rto.stats import aggregate, compare
 
 NAMES = ("data-scaling", "variants", "sweep", "token-sources")
 

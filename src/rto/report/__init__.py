@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from rto.eval import split_group, verdict
+from rto.eval import split_group
 from rto.report import plots
 from rto.report.html import write_token_rewards_html
 from rto.report.tables import comparisons_markdown, results_markdown, seeds_markdown, timings_markdown
+from rto.stats import verdict
 
 METHOD_LABELS = {"sft": "SFT (= pi_ref)", "dpo": "DPO", "ppo": "PPO", "rto": "RTO"}
 

@@ -1,9 +1,5 @@
-"""Seeds -> mean and 95% interval, and the compute each method spends per iteration.
-
-Every number an experiment reports for a method is the mean over its seed cells with a 95% two-level
-bootstrap interval (seeds and held-out prompts resampled independently; rto.eval.bootstrap_ci). With one
-seed the interval covers prompt noise only, and the entry says ``single_seed: true``.
-"""
+"""The compute each RL method spends per iteration: model passes counted from the trainer's structure,
+and wall-clock seconds per phase read from a run's metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -11,50 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-METRICS = ("gold", "win", "kl", "length")
-
-
-def aggregate(results: list[dict], seed: int = 0) -> dict:
-    """Mean and 95% interval of each per-prompt metric over the cells (one per seed) of one method."""
-    from rto.eval import bootstrap_ci
-
-    out: dict = {"n_seeds": len(results), "single_seed": len(results) == 1}
-    for m in METRICS:
-        mat = np.stack([np.asarray(r["per_prompt"][m], dtype=float) for r in results])
-        mean, lo, hi = bootstrap_ci(mat, seed=seed)
-        out[m] = {"mean": mean, "ci": [lo, hi], "per_seed": [float(x) for x in mat.mean(1)]}
-    if all("final_train_gold" in r for r in results):
-        out["final_train_gold"] = float(np.mean([r["final_train_gold"] for r in results]))
-    if all(r.get("time_per_iteration") for r in results):
-        keys = results[0]["time_per_iteration"].keys()
-        out["time_per_iteration"] = {
-            k: float(np.mean([r["time_per_iteration"][k] for r in results])) for k in keys
-        }
-    if all("cpu_s" in r for r in results):
-        # CPU seconds of the cell's process (training + evaluation): unlike wall time, barely moved by
-        # other jobs sharing the machine
-        out["cpu_s_per_run"] = float(np.mean([r["cpu_s"] for r in results]))
-    if results[0].get("passes_per_iteration"):
-        out["passes_per_iteration"] = results[0]["passes_per_iteration"]
-    return out
-
-
-def compare(a: list[dict], b: list[dict], name_a: str, name_b: str, seed: int = 0) -> dict:
-    """Gold of A minus gold of B on the same held-out prompts: paired bootstrap, 95% interval, verdict."""
-    from rto.eval import bootstrap_diff_ci, verdict
-
-    ga = np.stack([np.asarray(r["per_prompt"]["gold"], dtype=float) for r in a])
-    gb = np.stack([np.asarray(r["per_prompt"]["gold"], dtype=float) for r in b])
-    d = bootstrap_diff_ci(ga, gb, seed=seed)
-    return {
-        "a": name_a,
-        "b": name_b,
-        "diff": d[0],
-        "ci": [d[1], d[2]],
-        "verdict": verdict(d, name_a, name_b),
-        "single_seed": min(len(a), len(b)) == 1,
-    }
 
 
 def passes_per_iteration(
