@@ -18,6 +18,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
 )
 
@@ -235,11 +236,51 @@ def require_same_vocabulary(tok_a, tok_b, name_a: str, name_b: str) -> None:
         )
 
 
+def _is_noise_rate(name: str, value) -> bool:
+    """A dropout-like probability by Hugging Face naming: attention_dropout, hidden_dropout_prob,
+    resid_pdrop, layerdrop, drop_path_rate, router_jitter_noise, ... (a number, not a flag)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    name = name.lower()
+    return (
+        "dropout" in name
+        or name.endswith(("pdrop", "layerdrop", "_drop"))
+        or "drop_path" in name
+        or "jitter" in name
+    )
+
+
+def _zero_config_noise(config, seen: set[int]) -> None:
+    """Zero the dropout fields of a model config and of its sub-configs (text_config, ...)."""
+    if id(config) in seen:
+        return
+    seen.add(id(config))
+    for name, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            _zero_config_noise(value, seen)
+        elif _is_noise_rate(name, value) and value:
+            setattr(config, name, 0.0)
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
-    """RL needs deterministic scoring: the same sequence must get the same log-prob twice."""
+    """Switch off every source of training-mode noise, so that the same sequence gets the same scores
+    in train and eval mode (RL ratios start at exactly 1, DPO at exactly log 2).
+
+    ``nn.Dropout`` modules are only part of it: most architectures (Llama, Qwen2, Mistral, Gemma, OPT, ...)
+    copy dropout probabilities from their config into plain float attributes at construction
+    (``self.attention_dropout = config.attention_dropout``) and apply them functionally in train mode;
+    a few read the config at every forward. Both are zeroed: every ``nn.Dropout``, every dropout-like
+    float attribute of every module, and the dropout fields of the model's config, which a saved model
+    then carries (it was trained without dropout)."""
+    seen: set[int] = set()
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if isinstance(value, PretrainedConfig):
+                _zero_config_noise(value, seen)
+            elif _is_noise_rate(name, value) and value:
+                setattr(module, name, 0.0)
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
