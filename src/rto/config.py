@@ -166,7 +166,8 @@ class RewardConfig(TrainStageConfig, PreferenceOptions):
     learning_rate: float = 1e-5
     """Peak learning rate."""
     center_rewards_coefficient: float = 0.0
-    """Optional penalty coef * mean(r^2) keeping scores near zero (0 disables)."""
+    """Optional penalty coef * mean over pairs of (r_chosen + r_rejected)^2, as TRL: keeps scores centred
+    on zero without shrinking the chosen-rejected margin (0 disables)."""
     disable_dropout: bool = True
     """Turn dropout off: scores are then the same in training and in use."""
 
@@ -190,9 +191,13 @@ class DPOConfig(TrainStageConfig, PreferenceOptions):
     simpo_gamma: float = 0.5
     """SimPO target reward margin."""
     rdpo_alpha: float = 0.01
-    """R-DPO length-regularisation coefficient."""
+    """R-DPO length-regularisation coefficient alpha: margin beta*h + alpha*(|y_chosen| - |y_rejected|)."""
     tdpo_alpha: float = 0.5
     """TDPO2 weight of the sequential-KL term."""
+    ipo_per_token: bool = False
+    """IPO on per-token averaged log-ratios (the IPO authors' experiments, TRL) instead of summed ones (the
+    IPO paper's equation; default: beta then means what it means for DPO, and the model's per-token
+    log-ratios, RTO's token reward, are on the same scale as the other losses')."""
 
 
 @dataclass

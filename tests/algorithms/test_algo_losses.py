@@ -7,6 +7,7 @@ from rto.algorithms.losses import (
     bradley_terry_loss,
     dpo_loss,
     ppo_policy_loss,
+    reward_centering,
     sequential_kl,
     sft_loss,
     tdpo_loss,
@@ -65,6 +66,45 @@ def test_dpo_sigmoid_label_smoothing_and_ipo_hand_values():
     assert losses.item() == pytest.approx(0.0)
 
 
+def test_ipo_per_token_matches_a_naive_reference():
+    """Per-token IPO as TRL computes it: each sequence log-ratio averaged over its completion tokens."""
+    g = torch.Generator().manual_seed(0)
+    lengths_c, lengths_r = [3, 7, 1, 12], [5, 2, 9, 4]
+    beta = 0.1
+
+    def tokens(n):
+        return [-torch.rand((), generator=g, dtype=torch.float64).item() * 3 for _ in range(n)]
+
+    pol_c, ref_c = [tokens(n) for n in lengths_c], [tokens(n) for n in lengths_c]
+    pol_r, ref_r = [tokens(n) for n in lengths_r], [tokens(n) for n in lengths_r]
+    expected_avg, expected_sum = [], []
+    for i in range(4):
+        avg_c = sum(p - q for p, q in zip(pol_c[i], ref_c[i])) / len(pol_c[i])
+        avg_r = sum(p - q for p, q in zip(pol_r[i], ref_r[i])) / len(pol_r[i])
+        expected_avg.append((avg_c - avg_r - 1 / (2 * beta)) ** 2)
+        h = sum(pol_c[i]) - sum(ref_c[i]) - sum(pol_r[i]) + sum(ref_r[i])
+        expected_sum.append((h - 1 / (2 * beta)) ** 2)
+    pc, rc = t(*map(sum, pol_c)), t(*map(sum, ref_c))
+    pr, rr = t(*map(sum, pol_r)), t(*map(sum, ref_r))
+    lengths = {"chosen_lengths": torch.tensor(lengths_c), "rejected_lengths": torch.tensor(lengths_r)}
+    avg, cr, rj = dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="ipo", ipo_per_token=True, **lengths)
+    torch.testing.assert_close(avg, t(*expected_avg), rtol=1e-12, atol=0)
+    # the default is the paper's summed form; lengths do not change it
+    summed, _, _ = dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="ipo", **lengths)
+    torch.testing.assert_close(summed, t(*expected_sum), rtol=1e-12, atol=0)
+    # rewards stay the implicit DPO rewards of the summed log-ratios, as for every loss
+    torch.testing.assert_close(cr, beta * (pc - rc))
+    with pytest.raises(ValueError, match="lengths"):
+        dpo_loss(pc, pr, rc, rr, loss_type="ipo", ipo_per_token=True)
+
+
+def test_reward_centering_penalises_the_pair_mean_not_the_margin():
+    c, r = t(1.0, -2.0, 3.0), t(0.5, 1.0, -3.0)
+    torch.testing.assert_close(reward_centering(c, r), t(2.25, 1.0, 0.0))
+    # shifting both scores of a pair apart by the same amount leaves it unchanged
+    torch.testing.assert_close(reward_centering(c + 5, r - 5), reward_centering(c, r))
+
+
 def test_simpo_hand_value():
     # length-normalised: -4/2 = -2 and -9/3 = -3; m = 2 * (1) - 0.5 = 1.5
     losses, cr, rj = dpo_loss(
@@ -81,12 +121,13 @@ def test_simpo_hand_value():
 
 
 def test_rdpo_hand_value():
+    # R-DPO (Park et al. 2024, arXiv 2403.19159): margin beta h + alpha (|y_c| - |y_r|)
     pc, rc, pr, rr = t(-1.0), t(-2.0), t(-3.0), t(-2.0)  # h = 2
     losses, _, _ = dpo_loss(
         pc, pr, rc, rr, beta=0.5, loss_type="rdpo", rdpo_alpha=0.1,
         chosen_lengths=torch.tensor([10]), rejected_lengths=torch.tensor([5]),
     )  # fmt: skip
-    assert losses.item() == pytest.approx(softplus(-(1.0 - 0.5)))
+    assert losses.item() == pytest.approx(softplus(-(1.0 + 0.5)))
     # alpha = 0 recovers DPO
     l0, _, _ = dpo_loss(
         pc, pr, rc, rr, beta=0.5, loss_type="rdpo", rdpo_alpha=0.0,
@@ -95,6 +136,27 @@ def test_rdpo_hand_value():
     torch.testing.assert_close(l0, dpo_loss(pc, pr, rc, rr, beta=0.5)[0])
     with pytest.raises(ValueError, match="chosen_lengths"):
         dpo_loss(pc, pr, rc, rr, loss_type="rdpo")
+
+
+def test_rdpo_pushes_a_longer_chosen_less():
+    """At zero log-ratio with alpha 0.05: chosen 20 tokens longer -> -log s(+1) = 0.313 (the length
+    already explains the preference, little to push); chosen 20 tokens shorter -> -log s(-1) = 1.313."""
+    z = t(-10.0, -10.0)
+    losses, _, _ = dpo_loss(
+        z, z, z.clone(), z.clone(), beta=0.1, loss_type="rdpo", rdpo_alpha=0.05,
+        chosen_lengths=torch.tensor([30, 10]), rejected_lengths=torch.tensor([10, 30]),
+    )  # fmt: skip
+    assert losses[0].item() == pytest.approx(softplus(-1.0)) == pytest.approx(0.3133, abs=1e-4)
+    assert losses[1].item() == pytest.approx(softplus(1.0)) == pytest.approx(1.3133, abs=1e-4)
+    # the gradient pushes a pair less when its chosen response is the longer one
+    pc = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    losses, _, _ = dpo_loss(
+        pc, torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+        torch.zeros(2, dtype=torch.float64), beta=0.1, loss_type="rdpo", rdpo_alpha=0.05,
+        chosen_lengths=torch.tensor([30, 10]), rejected_lengths=torch.tensor([10, 30]),
+    )  # fmt: skip
+    losses.sum().backward()
+    assert abs(pc.grad[0].item()) < abs(pc.grad[1].item())
 
 
 def test_dpo_validation():

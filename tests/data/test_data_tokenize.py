@@ -156,6 +156,21 @@ def test_no_chat_template_fallback_warns_once(tiny_tokenizer, caplog):
     assert sum("no chat template" in r.message for r in caplog.records) == 1
 
 
+def test_prompt_ending_with_whitespace_warns_once(tiny_tokenizer, tiny_chat_tokenizer, caplog):
+    tk._warned_trailing_space.clear()
+    with caplog.at_level(logging.WARNING, logger="rto.data.tokenize"):
+        encode_prompt(tiny_tokenizer, "The movie")
+        encode_prompt(tiny_chat_tokenizer, [U("hi")])  # a template's own ending is not the user's text
+        assert not caplog.records
+        # the space stays a token of its own: the prompt's ids are not a prefix of the joined text's
+        joined = tiny_tokenizer("The movie was", add_special_tokens=False)["input_ids"]
+        ids = encode_prompt(tiny_tokenizer, "The movie ")
+        assert joined[: len(ids)] != ids
+        tokenize_sft(tiny_tokenizer, {"prompt": "I watched\n", "completion": "it"}, max_length=64)
+    warned = [r for r in caplog.records if "ends with whitespace" in r.message]
+    assert len(warned) == 1 and "The movie " in warned[0].getMessage()
+
+
 def test_conversational_completion_needs_conversational_prompt(tiny_chat_tokenizer):
     with pytest.raises(DataError, match="needs a conversational prompt"):
         render_completion(tiny_chat_tokenizer, "hi", [A("yo")])

@@ -20,6 +20,7 @@ __all__ = [
     "DPO_LOSS_TYPES",
     "sft_loss",
     "bradley_terry_loss",
+    "reward_centering",
     "dpo_loss",
     "tdpo_loss",
     "sequential_kl",
@@ -59,6 +60,14 @@ def bradley_terry_loss(chosen_scores: Tensor, rejected_scores: Tensor) -> tuple[
     return loss, acc
 
 
+def reward_centering(chosen_scores: Tensor, rejected_scores: Tensor) -> Tensor:
+    """(s_c + s_r)^2 per pair (Eisenstein et al. 2023, "Helping or Herding?", arXiv 2312.09244; TRL's
+    ``center_rewards_coefficient``): pulls each pair's mean score to 0 and leaves the margin s_c - s_r,
+    which is all the Bradley-Terry loss sees, free. (A penalty on s_c^2 + s_r^2 would also shrink the
+    margin, working against the preference loss.)"""
+    return (chosen_scores + rejected_scores) ** 2
+
+
 # --------------------------------------------------------------------------- DPO family
 
 
@@ -84,6 +93,7 @@ def dpo_loss(
     rejected_lengths: Tensor | None = None,
     simpo_gamma: float = 0.5,
     rdpo_alpha: float = 0.05,
+    ipo_per_token: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Offline preference losses; returns ``(losses (B,), chosen_rewards (B,), rejected_rewards (B,))``.
 
@@ -93,9 +103,11 @@ def dpo_loss(
     - ``"sigmoid"`` DPO (Rafailov et al. 2023, arXiv 2305.18290), with cDPO label smoothing:
       loss = -(1 - ls) log s(beta h) - ls log s(-beta h).
     - ``"ipo"`` IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning
-      from Human Preferences", arXiv 2310.12036): loss = (h - 1/(2 beta))^2.
-      The paper's h is a difference of log-ratios; pass length-averaged log-probs if you want
-      the per-token variant some implementations use. ``label_smoothing`` is ignored.
+      from Human Preferences", arXiv 2310.12036, eq. 17): loss = (h - 1/(2 beta))^2, h from the
+      summed log-probs as in the paper's equation. With ``ipo_per_token`` each log-ratio is first
+      divided by its response length, h = (pc - rc)/|y_c| - (pr - rr)/|y_r| (the form of the IPO
+      authors' experiments and of TRL); it needs ``chosen_lengths`` and ``rejected_lengths``.
+      ``label_smoothing`` is ignored.
     - ``"simpo"`` SimPO (Meng et al. 2024, arXiv 2405.14734), reference-free:
       loss = -(1 - ls) log s(m) - ls log s(-m), m = beta (pc/|y_c| - pr/|y_r|) - gamma,
       gamma = ``simpo_gamma`` (the target reward margin). When ``chosen_lengths`` and
@@ -104,9 +116,11 @@ def dpo_loss(
       reference log-probs are ignored (may be None). The SimPO paper uses beta around 2.0;
       we take beta as given. Rewards are beta * (normalised log-prob).
     - ``"rdpo"`` R-DPO (Park et al. 2024, "Disentangling Length from Quality in Direct
-      Preference Optimization", arXiv 2403.19159): DPO with a length regulariser,
-      m = beta h - alpha (|y_c| - |y_r|), alpha = ``rdpo_alpha``; loss as for sigmoid with m.
-      Needs ``chosen_lengths`` and ``rejected_lengths``.
+      Preference Optimization", arXiv 2403.19159, eq. 9): DPO with a length regulariser,
+      m = beta h + alpha (|y_c| - |y_r|), alpha = ``rdpo_alpha``; loss as for sigmoid with m.
+      A chosen response longer than its rejected one already has part of its preference explained
+      by length, so the pair is pushed less (and a shorter chosen one more): the policy is not
+      rewarded for length. Needs ``chosen_lengths`` and ``rejected_lengths``.
 
     Rewards (detached) are the implicit DPO rewards beta (pc - rc) and beta (pr - rr), except
     for SimPO (see above).
@@ -138,12 +152,18 @@ def dpo_loss(
     if loss_type == "sigmoid":
         losses = _smoothed_sigmoid_loss(beta * h, label_smoothing)
     elif loss_type == "ipo":
+        if ipo_per_token:
+            if chosen_lengths is None or rejected_lengths is None:
+                raise ValueError("ipo_per_token needs chosen_lengths and rejected_lengths")
+            h = chosen_logratio / chosen_lengths.to(h.dtype).clamp(min=1) - rejected_logratio / (
+                rejected_lengths.to(h.dtype).clamp(min=1)
+            )
         losses = (h - 1.0 / (2.0 * beta)) ** 2
     else:  # rdpo
         if chosen_lengths is None or rejected_lengths is None:
             raise ValueError("rdpo needs chosen_lengths and rejected_lengths")
         length_gap = (chosen_lengths - rejected_lengths).to(h.dtype)
-        losses = _smoothed_sigmoid_loss(beta * h - rdpo_alpha * length_gap, label_smoothing)
+        losses = _smoothed_sigmoid_loss(beta * h + rdpo_alpha * length_gap, label_smoothing)
     return losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()
 
 

@@ -7,6 +7,9 @@ Two rules carry the correctness of everything here:
    from "The movie was"), so masking by len(tokenize(prompt)) inside tokenize(prompt+completion)
    can shift the mask by a token. With separate tokenization the mask is exact by construction,
    and the prompt ids used in training are the same ids used as the generation prompt in PPO.
+   The price: a string prompt that ends with whitespace ("The movie ") keeps that space as a token
+   of its own, where the joined text would merge it into the next word (" was"); a warning is
+   logged once. Put such a space at the start of the completion instead.
 2. Special tokens are added exactly once. A prompt gets the special tokens the tokenizer puts in
    FRONT of a text (its BOS, if it adds one) unless the rendered text already starts with the
    BOS string, as many chat templates do; then nothing is added (no "<s><s>"). A trailing EOS
@@ -40,6 +43,7 @@ from rto.errors import ConfigError, DataError, RtoError
 logger = logging.getLogger(__name__)
 
 _warned_no_template: set[int] = set()
+_warned_trailing_space: set[str] = set()
 
 
 # --------------------------------------------------------------------------- rendering
@@ -138,8 +142,23 @@ def special_prefix(tokenizer, text: str) -> list[int]:
     return with_special[: max(leading(with_special) - leading(plain), 0)]
 
 
+def _warn_trailing_whitespace(prompt: str) -> None:
+    if prompt[-1:].isspace() and "warned" not in _warned_trailing_space:
+        _warned_trailing_space.add("warned")
+        logger.warning(
+            "a prompt ends with whitespace (%r; further ones are not reported): prompt and completion are "
+            "tokenized separately, so that whitespace stays a token of its own instead of merging into the "
+            "completion's first word as in the joined text; the model then continues from a token boundary "
+            "it rarely saw. Move the whitespace to the start of the completion",
+            prompt[-40:],
+        )
+
+
 def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
-    """Prompt ids: the rendered prompt plus the tokenizer's leading special tokens, never a double BOS."""
+    """Prompt ids: the rendered prompt plus the tokenizer's leading special tokens, never a double BOS.
+    A string prompt that ends with whitespace is warned about once per process (see the module docstring)."""
+    if isinstance(prompt, str):
+        _warn_trailing_whitespace(prompt)
     text = render_prompt(tokenizer, prompt)
     return special_prefix(tokenizer, text) + tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -70,6 +70,12 @@ def _out_of(folder: Path) -> Path:
 # ----------------------------------------------------------------------------- pref cells
 
 
+# Preference losses whose implementation changed: the revision enters their cells' spec, so cells cached by
+# an earlier version are computed again instead of reused (other losses keep their hashes).
+# rdpo 2: the length term's sign follows the R-DPO paper.
+LOSS_REVISIONS = {"rdpo": 2}
+
+
 def pref_spec(
     demo: dict,
     model: str,
@@ -87,6 +93,8 @@ def pref_spec(
         spec["constant_steps"] = True
     if model == "dpo":
         spec.update(loss_type=loss_type, beta=demo["dpo_beta"] if beta is None else beta)
+        if loss_type in LOSS_REVISIONS:
+            spec["loss_revision"] = LOSS_REVISIONS[loss_type]
     return spec
 
 

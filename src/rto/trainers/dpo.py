@@ -59,11 +59,14 @@ def train_dpo(cfg: DPOConfig) -> Path:
             )
         else:
             extra = {}
-            if cfg.loss_type in ("simpo", "rdpo"):
+            if cfg.loss_type in ("simpo", "rdpo", "ipo"):
                 extra = {"chosen_lengths": lengths[:n], "rejected_lengths": lengths[n:]}
-                extra["simpo_gamma" if cfg.loss_type == "simpo" else "rdpo_alpha"] = (
-                    cfg.simpo_gamma if cfg.loss_type == "simpo" else cfg.rdpo_alpha
-                )
+            if cfg.loss_type == "simpo":
+                extra["simpo_gamma"] = cfg.simpo_gamma
+            elif cfg.loss_type == "rdpo":
+                extra["rdpo_alpha"] = cfg.rdpo_alpha
+            elif cfg.loss_type == "ipo":
+                extra["ipo_per_token"] = cfg.ipo_per_token
             losses, cw, rw = dpo_loss(
                 pc,
                 pr,

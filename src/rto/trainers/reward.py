@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from rto import distributed, models
+from rto.algorithms.losses import reward_centering
 from rto.config import RewardConfig
 from rto.data.collate import collate_preference
 from rto.data.formats import to_preference_examples
@@ -61,7 +62,7 @@ def train_reward(cfg: RewardConfig) -> Path:
         c, r = preference_scores(model, batch_items, pad, acc.device)
         loss = -F.logsigmoid(c - r).sum()
         if cfg.center_rewards_coefficient:
-            loss = loss + cfg.center_rewards_coefficient * 0.5 * (c**2 + r**2).sum()
+            loss = loss + cfg.center_rewards_coefficient * reward_centering(c, r).sum()
         c, r = c.detach(), r.detach()
         return loss, {
             "accuracy": float((c > r).float().sum()),
