@@ -1,6 +1,7 @@
 """Each experiment end to end at the quick preset (one shared world), and resume after an interruption."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -166,3 +167,37 @@ def test_token_sources(root, variants):
 def test_bad_name_is_a_config_error():
     with pytest.raises(ConfigError, match="name"):
         resolve(ExperimentConfig(name="nope", preset="quick", out="x"))  # type: ignore[arg-type]
+
+
+def test_frontier_plumbing(root, variants):
+    """The frontier experiment end to end at the quick preset: trajectories from checkpoints, every
+    method's points, the matched-KL rows, the fits and the plots (numbers mean nothing at this size)."""
+    res, out = _with_world(root, variants, "frontier")
+    assert res["experiment"] == "frontier"
+    rl = [p for p in res["points"] if p["method"] in ("PPO", "RTO")]
+    assert {(p["method"], p["beta2"]) for p in rl} == {(m, b) for m in ("PPO", "RTO") for b in (0.01, 0.2)}
+    # each run: SFT (KL 0), the checkpoint after iteration 1, the final policy after iteration 2
+    assert sorted(p["iteration"] for p in rl if p["method"] == "RTO" and p["beta2"] == 0.2) == [0, 1, 2]
+    assert all(p["kl"] == 0.0 for p in rl if p["iteration"] == 0)
+    assert all(p["gold"] == pytest.approx(res["sft"]["gold"]) for p in rl if p["iteration"] == 0)
+    bon = sorted((p["coord"], p["kl"]) for p in res["points"] if p["method"] == "best-of-N")
+    assert [n for n, _ in bon] == [1, 2, 4]
+    assert bon[2][1] == pytest.approx(math.log(4) - 3 / 4)
+    assert {p["coord"] for p in res["points"] if p["method"] == "DPO"} == {0.1, 1.0}
+    assert [r["kl"] for r in res["matched"]] == [0.01, 2.0]
+    for r in res["matched"]:
+        assert r["verdict"] in ("RTO > PPO", "PPO > RTO", "not resolved") or r["verdict"].startswith(
+            "out of range"
+        )
+    for fam in ("PPO", "RTO", "best-of-N"):
+        assert set(res["fits"][fam]) >= {"gold", "proxy", "max_kl", "reading"}
+    assert {"plots/frontier.png", "plots/overopt.png"} <= set(res["plots"])
+    for p in res["plots"]:
+        assert (out / p).stat().st_size > 1000
+    text = (out / "summary.md").read_text()
+    assert "RTO vs PPO at equal KL" in text and "Gao" in text
+    # checkpoints are measured, then removed; a rerun computes nothing
+    assert not list((out / "cells").glob("*/policy/checkpoints/step-*"))
+    n = len(computed_log(out))
+    run_experiment(ExperimentConfig(name="frontier", preset="quick", out=str(out)))
+    assert len(computed_log(out)) == n

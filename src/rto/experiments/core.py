@@ -127,17 +127,29 @@ def run_pref_cell(spec: dict, folder: Path) -> dict:
 
 
 def rl_spec(
-    demo: dict, mode: str, rm: dict, dpo: dict | None, seed: int, advantage: str = "gae", **overrides
+    demo: dict,
+    mode: str,
+    rm: dict,
+    dpo: dict | None,
+    seed: int,
+    advantage: str = "gae",
+    trajectory_every: int = 0,
+    **overrides,
 ) -> dict:
     """One PPO-family run. ``rm`` and ``dpo`` are the pref specs it uses (their hashes enter this hash);
-    ``overrides`` are PPOConfig fields (beta1, beta2, beta3, dpo_reward_clip)."""
+    ``overrides`` are PPOConfig fields (beta1, beta2, beta3, dpo_reward_clip). ``trajectory_every`` k > 0:
+    also evaluate the policy every k iterations (rto.experiments.frontier); left out of the spec when 0,
+    so the other experiments' cells keep their hashes."""
     from rto.experiments.cells import cell_hash
 
-    return {
+    spec = {
         "kind": "rl", "demo": demo, "mode": mode, "advantage": advantage, "seed": seed,
         "rm": cell_hash(rm), "dpo": None if dpo is None or mode == "ppo" else cell_hash(dpo),
         "overrides": dict(sorted(overrides.items())),
     }  # fmt: skip
+    if trajectory_every:
+        spec["trajectory_every"] = trajectory_every
+    return spec
 
 
 def run_rl_cell(spec: dict, folder: Path) -> dict:
@@ -161,10 +173,18 @@ def run_rl_cell(spec: dict, folder: Path) -> dict:
         resume=(folder / "policy" / "checkpoints").is_dir(),
         **spec["overrides"],
     )
+    every = spec.get("trajectory_every", 0)
+    if every:  # a checkpoint every k iterations, all kept until the trajectory is evaluated
+        cfg = dataclasses.replace(cfg, save_steps=every, save_total_limit=d.ppo_iterations // every + 1)
     run_rl(cfg, d.gold_reward)
     metrics = read_jsonl(folder / "policy" / "metrics.jsonl")
     curve = [r["gold"] for r in metrics if "gold" in r]
-    result = evaluate_policy(d, world, folder / "policy")
+    if every:
+        from rto.experiments.frontier import evaluate_trajectory
+
+        result = evaluate_trajectory(d, world, folder / "policy", out / "cells" / spec["rm"] / "model")
+    else:
+        result = evaluate_policy(d, world, folder / "policy")
     result.update(
         train_gold_curve=curve,
         final_train_gold=curve[-1] if curve else None,
@@ -244,6 +264,10 @@ def read_json(path: Path) -> dict:
 
 def run_cell(spec: dict, folder: Path) -> dict:
     """Dispatch on the spec's kind (the function rto.experiments.cells.run_cells calls)."""
+    if spec["kind"] in ("points", "bon"):
+        from rto.experiments import frontier
+
+        return {"points": frontier.run_points_cell, "bon": frontier.run_bon_cell}[spec["kind"]](spec, folder)
     return {"pref": run_pref_cell, "rl": run_rl_cell, "eval": run_eval_cell}[spec["kind"]](spec, folder)
 
 

@@ -37,6 +37,13 @@ def method_table(methods: dict) -> list[str]:
     return rows
 
 
+def _gold_line(results: dict) -> str:
+    g = results.get("world", {}).get("gold_reward", "vader")
+    if g == "vader":
+        return "Gold = VADER sentiment x well-formedness of held-out samples (rto.eval). "
+    return f"Gold = the gold reward '{g}' on held-out samples (rto.eval). "
+
+
 def write_summary(results: dict, path: Path) -> None:
     lines = [
         f"# rto experiment {results['experiment']} (preset {results['preset']})",
@@ -44,8 +51,8 @@ def write_summary(results: dict, path: Path) -> None:
         f"Runtime of this invocation {results['runtime_s'] / 60:.1f} min; {results['n_cells']} cells, together "
         f"{results['cells_wall_s'] / 60:.1f} min wall and {results['cells_cpu_s'] / 60:.1f} min CPU (world "
         f"stages not included). {results['ci']}. "
-        "Gold = VADER sentiment x well-formedness of held-out samples (rto.eval). "
-        "'one seed' marks numbers whose interval covers prompt noise only. A claim 'holds' when the 95% "
+        + _gold_line(results)
+        + "'one seed' marks numbers whose interval covers prompt noise only. A claim 'holds' when the 95% "
         "interval of the gold difference is on its side of zero, is 'not shown' when the interval contains "
         "zero, and 'does not hold' when it is on the other side."
         + (
@@ -194,3 +201,160 @@ def _bars(plt, items, title, sft, save, stem) -> None:
     ax.set_xlabel("gold reward (held-out)")
     ax.set_title(title)
     save(fig, stem)
+
+
+# ----------------------------------------------------------------------------- frontier
+
+FAMILY_COLORS = {"PPO": "tab:blue", "RTO": "tab:red", "DPO": "tab:green", "best-of-N": "tab:purple"}
+
+
+def write_frontier_plots(results: dict, folder: Path) -> list[str]:
+    """frontier.png (gold against KL: every point, each method's frontier with its band), overopt.png
+    (gold and proxy against sqrt(KL) with Gao et al.'s fits), matched_kl.png (RTO - PPO at each KL)."""
+    import numpy as np
+
+    from rto.experiments.curves import gao_curve
+
+    plt = _plt()
+    folder.mkdir(parents=True, exist_ok=True)
+    made: list[str] = []
+
+    def save(fig, stem: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / f"{stem}.png", dpi=110)
+        plt.close(fig)
+        made.append(f"plots/{stem}.png")
+
+    pts, sft = results["points"], results["sft"]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for fam, color in FAMILY_COLORS.items():
+        own = [p for p in pts if p["method"] == fam]
+        if not own:
+            continue
+        ax.scatter([p["kl"] for p in own], [p["gold"] for p in own], s=12, color=color, alpha=0.35)
+        f = results["frontier"].get(fam)
+        if f and f["kl"]:
+            ax.plot(f["kl"], f["gold"], color=color, lw=2, label=f"{fam} frontier",
+                    drawstyle="steps-post" if "lo" in f else "default", marker=None if "lo" in f else "o")  # fmt: skip
+            if "lo" in f:
+                ax.fill_between(f["kl"], f["lo"], f["hi"], color=color, alpha=0.15, step="post")
+    ax.scatter([0], [sft["gold"]], color="black", marker="*", s=80, label="SFT", zorder=5)
+    ax.set_xlabel("KL(policy || SFT), nats per response")
+    ax.set_ylabel("gold reward (held-out)")
+    ax.set_title("reward-KL frontier (bands: 95% bootstrap over seeds and prompts)")
+    ax.legend(fontsize=8)
+    save(fig, "frontier")
+
+    fits = results["fits"]
+    fams = [f for f in ("PPO", "RTO", "best-of-N") if f in fits]
+    if fams:
+        fig, axes = plt.subplots(1, len(fams), figsize=(4.2 * len(fams), 3.8), squeeze=False)
+        for ax, fam in zip(axes[0], fams):
+            own = [p for p in pts if p["method"] == fam and p["kl"] > 0]
+            form = "bon" if fam == "best-of-N" else "rl"
+            if not own:
+                ax.set_title(f"{fam}: no point with KL > 0")
+                continue
+            kl = np.array([p["kl"] for p in own])
+            grid = np.linspace(0, max(kl.max(), 1e-3) * 1.15, 100)
+            for key, color in (("gold", "tab:orange"), ("proxy", "tab:gray")):
+                base = sft[key]
+                ax.scatter(np.sqrt(kl), [p[key] - base for p in own], s=10, color=color, alpha=0.5)
+                c = fits[fam][key]
+                ax.plot(np.sqrt(grid), gao_curve(grid, c["alpha"], c["beta"], form), color=color,
+                        label=f"{key}: a={c['alpha']:.3f}, b={c['beta']:.3f}")  # fmt: skip
+            ax.axhline(0, color="black", lw=0.5)
+            ax.set_xlabel("sqrt(KL)")
+            ax.set_ylabel("reward - SFT's")
+            ax.set_title(f"{fam}: {'d(a - b d)' if form == 'bon' else 'd(a - b log d)'}")
+            ax.legend(fontsize=7)
+        save(fig, "overopt")
+
+    rows = [r for r in results["matched"] if r.get("ci")]
+    if rows:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        x = [r["kl"] for r in rows]
+        y = [r["diff"] for r in rows]
+        err = [[r["diff"] - r["ci"][0] for r in rows], [r["ci"][1] - r["diff"] for r in rows]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=4, color="tab:red")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.set_xlabel("KL to SFT (matched)")
+        ax.set_ylabel("gold(RTO) - gold(PPO), 95% CI")
+        ax.set_title("RTO vs PPO at equal KL (best beta2 each)")
+        save(fig, "matched_kl")
+    return made
+
+
+def _num(x: float, digits: int) -> str:
+    """inf: a fitted curve that never turns down; nan: no fit."""
+    return "none" if x == float("inf") else ("-" if x != x else f"{x:.{digits}f}")
+
+
+def _ci(v, digits: int = 3) -> str:
+    return f"[{_num(v[0], digits)}, {_num(v[1], digits)}]" if v else "-"
+
+
+def write_frontier_summary(results: dict, path: Path) -> None:
+    g = results["grid"]
+    la = results.get("load_average") or {}
+    lines = [
+        f"# rto experiment frontier (preset {results['preset']})",
+        "",
+        f"Runtime of this invocation {results['runtime_s'] / 60:.1f} min; {results['n_cells']} cells, together "
+        f"{results['cells_wall_s'] / 60:.1f} min wall and {results['cells_cpu_s'] / 60:.1f} min CPU (world stages "
+        f"not included); load average {la.get('start')} at the start, {la.get('end')} at the end. "
+        + _gold_line(results)
+        + f"{results['ci']}.",
+        "",
+        f"Grid (fixed before any result): PPO and RTO at beta2 in {g['beta2']}, {g['seeds']} seed(s) each, "
+        f"{g['ppo_iterations']} iterations, measured every {g['every']}; offline DPO at beta in {g['dpo_beta']}; "
+        f"best-of-N from SFT chosen by the reward model, N in {g['best_of_n']}; SFT.",
+        "",
+        f"**RTO vs PPO at equal KL: {results['verdict']}.**",
+        "",
+        "| KL | PPO gold [95% CI] (beta2) | RTO gold [95% CI] (beta2) | RTO - PPO [95% CI] | verdict |",
+        "|---|---|---|---|---|",
+    ]
+
+    def cell(v: dict | None) -> str:
+        return f"{v['gold']:.3f} {_ci(v['ci'])} ({v['beta2']:g})" if v else "not reached"
+
+    for r in results["matched"]:
+        diff = f"{r['diff']:+.3f} {_ci(r['ci'])}" if r.get("ci") else "-"
+        lines.append(f"| {r['kl']:g} | {cell(r['PPO'])} | {cell(r['RTO'])} | {diff} | {r['verdict']} |")
+    lines += [
+        "",
+        "## Over-optimisation: Gao et al.'s forms fitted to reward - SFT's against d = sqrt(KL)",
+        "",
+        "| method | form | reward | alpha [95% CI] | beta [95% CI] | fitted peak KL [95% CI] (none: still rising) | points (max KL) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fam, f in results["fits"].items():
+        form = "d(a - b d)" if fam == "best-of-N" else "d(a - b log d)"
+        for key in ("gold", "proxy"):
+            c = f[key]
+            lines.append(
+                f"| {fam} | {form} | {key} | {_num(c['alpha'], 3)} {_ci(c['alpha_ci'])} | {_num(c['beta'], 3)} "
+                f"{_ci(c['beta_ci'])} | {_num(c['peak_kl'], 1)} {_ci(c['peak_kl_ci'], 1)} | {f['n_points']} "
+                f"({f['max_kl']:.1f}) |"
+            )
+    lines += [""] + [f"- {fam}: {f['reading']}." for fam, f in results["fits"].items()]
+    lines += [
+        "",
+        "## Every point (seed means)",
+        "",
+        "| method | setting | iteration | KL | gold | proxy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in results["points"]:
+        setting = f"beta2={p['beta2']:g}" if "beta2" in p else (
+            f"N={p['coord']}" if p["method"] == "best-of-N" else f"beta={p['coord']:g}"
+        )  # fmt: skip
+        lines.append(
+            f"| {p['method']} | {setting} | {p.get('iteration', '-')} | {p['kl']:.2f} | {p['gold']:.3f} | "
+            f"{p['proxy']:.3f} |"
+        )
+    lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in results.get("plots", [])]
+    path.write_text("\n".join(lines) + "\n")

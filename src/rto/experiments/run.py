@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rto.errors import ConfigError
-from rto.experiments import core
+from rto.experiments import core, frontier
 from rto.experiments.cells import cell_hash, run_cells, write_json_atomic
 from rto.stats import aggregate, compare
 
-NAMES = ("data-scaling", "variants", "sweep", "token-sources")
+NAMES = ("data-scaling", "variants", "sweep", "token-sources", "frontier")
 
 # quick: the demo's "test" world and 1 PPO iteration (the test suite). default: sized so that each
 # experiment finishes on a 2-core CPU in under an hour (docs/experiments.md: measured costs, estimates).
@@ -25,6 +25,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         demo_preset="test", demo=dict(ppo_iterations=1), seeds=1,
         fractions=(0.125, 1.0),
         sweep={"beta1": (0.05, 0.1), "beta2": (0.05, 0.1), "beta3": (1.0, 2.0), "dpo_reward_clip": (0.02,)},
+        per_experiment={"frontier": dict(ppo_iterations=2)},
+        # plumbing only: two points of each grid, a checkpoint every iteration, best-of-1..4
+        frontier=dict(beta2=(0.01, 0.2), dpo_beta=(0.1, 1.0), best_of_max=4, every=1, targets=(0.01, 2.0)),
     ),
     "default": dict(
         demo_preset="default", demo=dict(ppo_iterations=40), seeds=3,
@@ -32,6 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         fractions=(1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0),
         sweep={"beta1": (0.01, 0.05, 0.2), "beta2": (0.01, 0.05, 0.2), "beta3": (0.25, 1.0, 4.0),
                "dpo_reward_clip": (0.05, 0.01)},
+        # the grids of rto.experiments.frontier (fixed before any result; reasons there); 40 iterations as
+        # variants and data-scaling, evaluated every 8
+        frontier=dict(beta2=frontier.BETA2_GRID, dpo_beta=frontier.DPO_BETAS, best_of_max=64, every=8,
+                      targets=frontier.KL_TARGETS),
     ),
 }  # fmt: skip
 
@@ -57,7 +64,7 @@ class ExperimentConfig:
     """One of the paper's claims at small scale, on the demo's controlled-sentiment task: cached, resumable
     cells; results.json, PNG plots and summary.md under --out."""
 
-    name: Literal["data-scaling", "variants", "sweep", "token-sources"] = "variants"
+    name: Literal["data-scaling", "variants", "sweep", "token-sources", "frontier"] = "variants"
     """Which experiment."""
     preset: Literal["quick", "default"] = "default"
     """quick: seconds-to-minutes sizes (tests); default: under an hour on a 2-core CPU."""
@@ -70,6 +77,9 @@ class ExperimentConfig:
     pref_budget: Literal["epochs", "steps"] = "epochs"
     """data-scaling: train each fraction's reward and DPO models for the same epochs as on all pairs
     (fewer optimizer steps on less data), or for the same number of steps (more epochs on less data)."""
+    gold_reward: str = "vader"
+    """Gold reward that labels the preference pairs and judges every policy: 'vader', 'module:function' or
+    'file.py:function' (as `rto demo --gold-reward`); part of every cell's settings."""
     workers: int = 2
     """Cells computed in parallel (processes)."""
     threads: int = 1
@@ -98,7 +108,7 @@ def resolve(cfg: ExperimentConfig) -> tuple[ExperimentConfig, Any, dict]:
         demo_over["ppo_iterations"] = cfg.ppo_iterations
     dcfg = demo_resolve(
         DemoConfig(out=str(Path(cfg.out) / "world"), preset=p["demo_preset"], seeds=1, progress=False, reuse=True,
-                   workers=1, threads=cfg.threads, **demo_over)
+                   workers=1, threads=cfg.threads, gold_reward=cfg.gold_reward, **demo_over)
     )  # fmt: skip
     return cfg, dcfg, p
 
@@ -239,19 +249,33 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
     print(f"rto experiment {cfg.name}: preset {cfg.preset}, {cfg.seeds} seed(s), out {out}", flush=True)
+    from rto.tasks.gold import load_gold_reward
+
+    load_gold_reward(cfg.gold_reward)  # fail now, not after training, if the spec is wrong
     core.build_world(dcfg)
     demo = core.demo_spec(dcfg)
+
+    def done(r: dict) -> None:
+        s = r["spec"]
+        what = s.get("mode") or s.get("model") or s["kind"]
+        extra = (
+            f" beta2={s['overrides']['beta2']:g} seed {s['seed']}"
+            if "beta2" in s.get("overrides", {})
+            else ""
+        )
+        print(
+            f"   cell {r['hash']} ({s['kind']} {what}{extra}): {r['wall_s']:.1f}s (CPU {r['cpu_s']:.1f}s)",
+            flush=True,
+        )
+
+    if cfg.name == "frontier":
+        return frontier.run_frontier(cfg, demo, preset, out, t0, done)
     p = plan(cfg, demo, preset)
     if cfg.name == "sweep":
         for m in p.meta.values():
             m["is_default"] = m.get("dpo_reward_clip") is None and all(
                 m[b] == float(demo[b]) for b in ("beta1", "beta2", "beta3")
             )
-
-    def done(r: dict) -> None:
-        s = r["spec"]
-        what = s.get("mode") or s.get("model") or "eval"
-        print(f"   cell {r['hash']} ({s['kind']} {what}): {r['wall_s']:.1f}s", flush=True)
 
     print("== preference models", flush=True)
     run_cells(out, p.prefs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done)
