@@ -326,12 +326,14 @@ def response_token_logps(
     attention_mask: torch.Tensor,
     temperature: float = 1.0,
     adapter: str | None = None,
+    excluded_ids: tuple[int, ...] = (),
 ):
     """log p(token t+1 | tokens <= t) for every position: (B, T-1). Logits are divided by the sampling
-    temperature so that policy, reference and DPO scores match what the sampler drew from. With a peft
-    model, `adapter` scores with that adapter ("__base__": adapters off) without changing its state."""
+    temperature, and renormalised without ``excluded_ids`` (the tokens the sampler never draws), so that
+    policy, reference and DPO scores are of the distribution the sampler drew from. With a peft model,
+    `adapter` scores with that adapter ("__base__": adapters off) without changing its state."""
     from rto.algorithms.logprobs import shifted_token_logprobs
 
     kw = {} if adapter is None else {"adapter_names": [adapter] * input_ids.shape[0]}
     logits = causal_lm_logits(model, input_ids, attention_mask, **kw)
-    return shifted_token_logprobs(logits, input_ids, temperature=temperature)
+    return shifted_token_logprobs(logits, input_ids, temperature=temperature, excluded_ids=excluded_ids)

@@ -37,6 +37,39 @@ def test_token_logprobs_matches_naive_and_temperature():
     assert not torch.allclose(token_logprobs(logits, labels, 2.0), token_logprobs(logits, labels, 1.0))
 
 
+def test_excluded_ids_renormalise_over_the_other_tokens():
+    """What the sampler draws from when it never samples the pad token: softmax over the other tokens."""
+    torch.manual_seed(4)
+    logits = torch.randn(2, 3, 6, dtype=torch.float64) * 2
+    logits[0, 0, 5] = 12.0  # the excluded token takes almost all the mass here (the exact path)
+    labels = torch.randint(0, 5, (2, 3))
+    for temp in (1.0, 0.7):
+        got = token_logprobs(logits, labels, temperature=temp, excluded_ids=[5])
+        naive = torch.zeros(2, 3, dtype=torch.float64)
+        for b in range(2):
+            for t in range(3):
+                z = [v / temp for v in logits[b, t].tolist()]
+                naive[b, t] = z[labels[b, t]] - math.log(sum(math.exp(v) for v in z[:5]))
+        torch.testing.assert_close(got, naive, atol=1e-10, rtol=0)
+        # the kept tokens' probabilities sum to one
+        every = torch.arange(5).expand(2, 3, 5)
+        total = torch.stack([token_logprobs(logits, every[..., k], temp, [5]) for k in range(5)], -1).exp()
+        torch.testing.assert_close(total.sum(-1), torch.ones(2, 3, dtype=torch.float64))
+        p = torch.softmax(logits[..., :5] / temp, -1)
+        torch.testing.assert_close(
+            entropy_from_logits(logits, temp, excluded_ids=[5]), -(p * p.log()).sum(-1), atol=1e-10, rtol=0
+        )
+    # gradients flow, and the shifted form passes the exclusion on
+    lg = logits.clone().requires_grad_(True)
+    token_logprobs(lg, labels, excluded_ids=[5]).sum().backward()
+    assert torch.isfinite(lg.grad).all()
+    ids = torch.randint(0, 5, (2, 4))
+    torch.testing.assert_close(
+        shifted_token_logprobs(logits.repeat(1, 2, 1)[:, :4], ids, excluded_ids=[5]),
+        token_logprobs(logits.repeat(1, 2, 1)[:, :3], ids[:, 1:], excluded_ids=[5]),
+    )
+
+
 def test_token_logprobs_low_precision_is_computed_in_float32():
     torch.manual_seed(1)
     logits = (torch.randn(3, 4, 50) * 4).bfloat16()

@@ -8,6 +8,8 @@ ignored even if they are NaN or inf (we select with ``torch.where`` instead of m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -39,12 +41,40 @@ def _rows_in_float(logits: Tensor):
         yield slice(b, b + 1), logits[b : b + 1].float()
 
 
-def token_logprobs(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+def _excluded_index(excluded_ids: Sequence[int], logits: Tensor) -> Tensor | None:
+    return (
+        torch.as_tensor(list(excluded_ids), dtype=torch.long, device=logits.device) if excluded_ids else None
+    )
+
+
+def _logsumexp_kept(lg: Tensor, excluded: Tensor | None) -> Tensor:
+    """logsumexp over the last dimension without the ``excluded`` entries, with no copy of ``lg``:
+    lse_kept = lse + log(1 - p_excluded). Where the excluded mass exceeds 1/2 (log1p(-p) loses
+    precision as p -> 1) it is recomputed exactly from a copy with those entries at -inf."""
+    lse = torch.logsumexp(lg, dim=-1)
+    if excluded is None:
+        return lse
+    p_excluded = torch.exp(torch.logsumexp(lg.index_select(-1, excluded), dim=-1) - lse)
+    kept = lse + torch.log1p(-p_excluded.clamp(max=0.5))
+    heavy = p_excluded > 0.5
+    if bool(heavy.any()):
+        exact = torch.logsumexp(lg.index_fill(-1, excluded, float("-inf")), dim=-1)
+        kept = torch.where(heavy, exact, kept)
+    return kept
+
+
+def token_logprobs(
+    logits: Tensor, labels: Tensor, temperature: float = 1.0, excluded_ids: Sequence[int] = ()
+) -> Tensor:
     """log p(label) under ``softmax(logits / temperature)``: (B, T, V), (B, T) -> (B, T) float.
 
     Computed as ``gathered logit - logsumexp(logits)`` in (at least) float32, which never
     materialises a full log-softmax. The same temperature used for sampling must be used
     here for the actor, reference and DPO models, otherwise the ratios are biased.
+
+    ``excluded_ids``: tokens the sampler never draws (the pad token); the distribution is then
+    renormalised over the other tokens, as the sampler's is. A label that is itself excluded gets a
+    meaningless finite value; mask it out.
 
     Negative labels (e.g. the ``-100`` ignore index) get log-prob 0; mask them out.
     """
@@ -54,38 +84,46 @@ def token_logprobs(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> 
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match")
     ignore = labels < 0
     safe_labels = labels.clamp(min=0).unsqueeze(-1)
+    excluded = _excluded_index(excluded_ids, logits)
     pieces = []
     for rows, lg in _rows_in_float(logits):
         if temperature != 1.0:
             lg = lg / temperature
         picked = lg.gather(-1, safe_labels[rows]).squeeze(-1)
-        pieces.append(picked - torch.logsumexp(lg, dim=-1))
+        pieces.append(picked - _logsumexp_kept(lg, excluded))
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
     return torch.where(ignore, torch.zeros((), dtype=out.dtype, device=out.device), out)
 
 
-def shifted_token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0) -> Tensor:
+def shifted_token_logprobs(
+    logits: Tensor, input_ids: Tensor, temperature: float = 1.0, excluded_ids: Sequence[int] = ()
+) -> Tensor:
     """Causal-LM scoring of a sequence by itself: (B, T, V), (B, T) -> (B, T-1).
 
     Entry ``t`` is log p(input_ids[:, t+1] | input_ids[:, :t+1]), i.e. the logits at position t
     score token t+1. Slice the response positions out of the result afterwards.
     """
-    return token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature)
+    return token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature, excluded_ids)
 
 
-def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0, excluded_ids: Sequence[int] = ()) -> Tensor:
     """Entropy of ``softmax(logits / temperature)`` per position: (B, T, V) -> (B, T) float.
 
     Uses H = logsumexp(z) - sum_v softmax(z)_v * z_v, in float32 (row by row for low precision).
+    With ``excluded_ids`` it is the entropy of the distribution renormalised without them.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    excluded = _excluded_index(excluded_ids, logits)
     pieces = []
     for _, lg in _rows_in_float(logits):
         if temperature != 1.0:
             lg = lg / temperature
+        if excluded is not None:
+            lg = lg.index_fill(-1, excluded, float("-inf"))
         probs = torch.softmax(lg, dim=-1)
-        pieces.append(torch.logsumexp(lg, dim=-1) - (probs * lg).sum(-1))
+        weighted = torch.where(probs > 0, probs * lg, torch.zeros((), dtype=lg.dtype, device=lg.device))
+        pieces.append(torch.logsumexp(lg, dim=-1) - weighted.sum(-1))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
 
 

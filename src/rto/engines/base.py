@@ -53,6 +53,13 @@ class SamplingSettings:
     pad_id: int
     """Padding id of prompts and responses; never sampled when it differs from eos_id."""
 
+    @property
+    def excluded_ids(self) -> tuple[int, ...]:
+        """The tokens never sampled (the pad token, unless it is EOS). Every scoring pass renormalises
+        over the other tokens too (``excluded_ids`` of rto.algorithms.logprobs), so the trainer scores
+        the distribution the engine samples from."""
+        return (self.pad_id,) if self.pad_id != self.eos_id else ()
+
 
 @runtime_checkable
 class RolloutEngine(Protocol):

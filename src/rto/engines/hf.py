@@ -10,10 +10,18 @@ the model its getter returns at each call), so `sync_weights` has nothing to do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from rto.engines.base import GOLDEN, Rollout, SamplingSettings, mix64, response_mask_from_ids
 
@@ -53,32 +61,63 @@ class SuppressIds(LogitsProcessor):
         return scores
 
 
+def generation_config(s: SamplingSettings) -> GenerationConfig:
+    """rto's own settings for ``generate``: greedy decoding (the Gumbel noise makes it a sample) with no
+    penalty, constraint or length rule, so that every logit change comes from rto's processors."""
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=s.max_new_tokens,
+        min_new_tokens=0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        eos_token_id=s.eos_id,
+        pad_token_id=s.pad_id,
+        use_cache=True,
+    )
+
+
+@contextmanager
+def checkpoint_generation_config_set_aside(model: torch.nn.Module) -> Iterator[None]:
+    """``generate`` fills every setting its config leaves unset from the model's own ``generation_config``,
+    which a checkpoint ships (instruct models: repetition_penalty, no_repeat_ngram_size, min_new_tokens,
+    bad_words_ids, suppress_tokens, ...): each would change the sampled distribution away from the one
+    the trainer scores. A blank one stands in during the call; the model's own is put back after."""
+    saved = [
+        (m, m.generation_config)
+        for m in model.modules()
+        if isinstance(m, GenerationMixin) and getattr(m, "generation_config", None) is not None
+    ]
+    try:
+        for m, _ in saved:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, config in saved:
+            m.generation_config = config
+
+
 @torch.no_grad()
 def generate(
     model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seeds: torch.Tensor, s: SamplingSettings
 ):
-    """Sample one response per (left-padded) prompt with ``model.generate``."""
-    processors = [SuppressIds([s.pad_id])] if s.pad_id != s.eos_id else []
+    """Sample one response per (left-padded) prompt with ``model.generate``: from exactly
+    softmax(logits / T) (after top-p when below 1, without the pad token), whatever the checkpoint's own
+    generation config says."""
+    processors = [SuppressIds(list(s.excluded_ids))] if s.excluded_ids else []
     if s.temperature > 0:
         if s.temperature != 1.0:
             processors.append(TemperatureLogitsWarper(s.temperature))
         if s.top_p < 1.0:
             processors.append(TopPLogitsWarper(s.top_p))
         processors.append(GumbelNoise(seeds, prompt_ids.shape[1]))
-    out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=s.max_new_tokens,
-        logits_processor=LogitsProcessorList(processors),
-        eos_token_id=s.eos_id,
-        pad_token_id=s.pad_id,
-        use_cache=True,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-    )
+    with checkpoint_generation_config_set_aside(model):
+        out = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            generation_config=generation_config(s),
+            logits_processor=LogitsProcessorList(processors),
+        )
     response = out[:, prompt_ids.shape[1] :]
     mask, ended = response_mask_from_ids(response, s.eos_id)
     response = torch.where(mask.bool(), response, torch.full_like(response, s.pad_id))
