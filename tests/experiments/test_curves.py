@@ -83,3 +83,44 @@ def test_gao_peaks():
     assert gao_peak_kl(0.6, 0.25, "bon") == pytest.approx(1.2**2)
     assert gao_peak_kl(0.6, -0.1, "rl") == math.inf  # never turns down
     assert math.isnan(fit_gao([1.0], [0.2], "rl")[0])  # one point: no fit
+
+
+def _traj_cells(rng, sft, kls, shift, n_seeds):
+    """RL cells whose gold rises with KL as 0.1 * KL + shift (+ prompt noise shared by seeds)."""
+    P = len(sft["gold"])
+    out = []
+    for _ in range(n_seeds):
+        traj = []
+        for it, k in enumerate(kls, start=1):
+            kl = np.full(P, k) + rng.normal(0, 0.01, P)
+            gold = np.asarray(sft["gold"]) + 0.1 * k + shift + rng.normal(0, 0.01, P)
+            pp = {"gold": gold.tolist(), "kl": kl.tolist(), "proxy": (gold * 2).tolist(), "length": [5.0] * P}
+            traj.append({"iteration": it, "per_prompt": pp})
+        out.append({"trajectory": traj})
+    return out
+
+
+def test_analyse_matched_kl_finds_a_known_gap():
+    """RTO is PPO + 0.2 at every KL: the matched-KL rows say so where both reach the KL, and 'out of
+    range' beyond; the frontier is the running best; the seeds' and prompts' noise is small."""
+    from rto.experiments.frontier import analyse, rl_arrays
+
+    rng = np.random.default_rng(0)
+    P = 40
+    sft = {"gold": rng.normal(0, 0.3, P).tolist(), "kl": [0.0] * P, "proxy": [0.0] * P, "length": [5.0] * P}
+    rl = {
+        "PPO": {b: rl_arrays(_traj_cells(rng, sft, [1.0 / b, 2.0 / b], 0.0, 3), sft) for b in (0.1, 0.2)},
+        "RTO": {b: rl_arrays(_traj_cells(rng, sft, [1.0 / b, 2.0 / b], 0.2, 3), sft) for b in (0.1, 0.2)},
+    }
+    res = analyse(rl, {}, sft, targets=(5.0, 15.0, 40.0), n_boot=200)
+    rows = {r["kl"]: r for r in res["matched"]}
+    for k in (5.0, 15.0):
+        # interpolated between SFT (0) and the first point: the 0.2 shift enters in proportion to KL / KL_1
+        assert rows[k]["verdict"] == "RTO > PPO", rows[k]
+        assert rows[k]["ci"][0] > 0 and rows[k]["PPO"]["gold"] < rows[k]["RTO"]["gold"]
+    assert rows[40.0]["verdict"].startswith("out of range")
+    f = res["frontier"]["PPO"]
+    assert all(b >= a - 1e-12 for a, b in zip(f["gold"], f["gold"][1:]))  # non-decreasing in KL
+    # gold - SFT's = 0.1 KL keeps rising: the fitted RL form must not turn down inside the measured range
+    assert res["fits"]["PPO"]["gold"]["peak_kl"] > res["fits"]["PPO"]["max_kl"]
+    assert res["fits"]["PPO"]["reading"].startswith("the fitted gold still rises")

@@ -415,6 +415,14 @@ def _running_max(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _q(v: np.ndarray) -> list[float]:
+    """95% percentile interval without interpolating between resamples (so an infinite peak, a curve that
+    never turns down, stays infinite); nan when empty."""
+    if len(v) == 0:
+        return [math.nan, math.nan]
+    return [float(x) for x in np.quantile(v, [0.025, 0.975], method="inverted_cdf")]
+
+
 def _coef_summary(kl, gold, proxy, boot_fn, form: str, n_boot: int) -> dict:
     out = {"max_kl": float(np.max(kl)), "n_points": int(len(kl))}
     boots = [boot_fn(b) for b in range(n_boot)]
@@ -422,10 +430,10 @@ def _coef_summary(kl, gold, proxy, boot_fn, form: str, n_boot: int) -> dict:
         a, b = fit_gao(kl, r, form)
         fits = np.array([fit_gao(x[0], x[col], form) for x in boots])
         peaks = np.array([gao_peak_kl(p, q, form) for p, q in fits])
-        ci = lambda v: [float(x) for x in np.nanquantile(v, [0.025, 0.975])]  # noqa: E731
+        ok = ~np.isnan(fits[:, 0])
         out[name] = {
-            "alpha": a, "beta": b, "alpha_ci": ci(fits[:, 0]), "beta_ci": ci(fits[:, 1]),
-            "peak_kl": gao_peak_kl(a, b, form), "peak_kl_ci": ci(np.where(np.isfinite(peaks), peaks, np.inf)),
+            "alpha": a, "beta": b, "alpha_ci": _q(fits[ok, 0]), "beta_ci": _q(fits[ok, 1]),
+            "peak_kl": gao_peak_kl(a, b, form), "peak_kl_ci": _q(peaks[ok]),
         }  # fmt: skip
     g, p, top = out["gold"]["peak_kl"], out["proxy"]["peak_kl"], out["max_kl"]
     if math.isnan(out["gold"]["alpha"]):
