@@ -202,16 +202,19 @@ class _Run:
 
 
 def _make_run(acc, pc, mode: str) -> _Run:
-    from rto.trainers import ppo
+    from rto import distributed
+    from rto.trainers import optim, ppo
 
     ms = ppo.load_models(pc)
     steps = pc.num_iterations * pc.ppo_epochs * (pc.rollout_batch_size // pc.mini_batch_size)
-    actor_opt, actor_sched = ppo._optim_setup(pc, ms.policy, pc.actor_lr, steps)
-    critic_opt, critic_sched = ppo._optim_setup(pc, ms.critic, pc.critic_lr, steps)
-    policy, critic, actor_opt, critic_opt = acc.prepare(ms.policy, ms.critic, actor_opt, critic_opt)
-    for m in (ms.ref, ms.dpo, ms.reward):
-        if m is not None:
-            m.to(acc.device)
+    actor_opt = optim.make_optimizer(ms.policy.parameters(), pc.actor_lr, pc)
+    critic_opt = optim.make_optimizer(ms.critic.parameters(), pc.critic_lr, pc)
+    actor_sched = optim.make_scheduler(actor_opt, pc, steps)
+    critic_sched = optim.make_scheduler(critic_opt, pc, steps)
+    policy, critic, actor_opt, critic_opt = distributed.prepare_trained(
+        acc, ms.policy, ms.critic, actor_opt, critic_opt, schedulers=[actor_sched, critic_sched]
+    )
+    ms.ref, ms.dpo, ms.reward = (distributed.prepare_frozen(acc, m) for m in (ms.ref, ms.dpo, ms.reward))
     return _Run(mode, pc, ms, policy, critic, actor_opt, critic_opt, actor_sched, critic_sched, pc.beta2)
 
 

@@ -101,23 +101,38 @@ def _fit_embeddings(model: PreTrainedModel, tokenizer) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def _dtype(dtype: str | torch.dtype | None):
+    """A config's dtype name (see DTYPES; "auto": the checkpoint's own) as from_pretrained takes it."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise RtoError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    return DTYPES[dtype]
+
+
 def load_causal_lm(
-    path: str, tokenizer=None, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+    path: str, tokenizer=None, trust_remote_code: bool = False, dtype: str | torch.dtype | None = None
 ) -> PreTrainedModel:
+    """A causal LM in `dtype` (default float32)."""
     model = _from_pretrained(
         "model",
         "causal LM",
         AutoModelForCausalLM.from_pretrained,
         path,
         trust_remote_code=trust_remote_code,
-        dtype=dtype or torch.float32,
+        dtype=_dtype(dtype),
     )
     _fit_embeddings(model, tokenizer)
     return model
 
 
 def load_score_model(
-    path: str, tokenizer=None, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+    path: str, tokenizer=None, trust_remote_code: bool = False, dtype: str | torch.dtype | None = None
 ) -> PreTrainedModel:
     """A one-label sequence-classification model (reward model or critic). From a causal-LM folder the
     head starts fresh (transformers says so in its log)."""
@@ -128,7 +143,7 @@ def load_score_model(
         path,
         num_labels=1,
         trust_remote_code=trust_remote_code,
-        dtype=dtype or torch.float32,
+        dtype=_dtype(dtype),
     )
     _fit_embeddings(model, tokenizer)
     score_head(model)  # fail early if the architecture has no recognisable head
@@ -318,6 +333,29 @@ def lora_wrap(model: PreTrainedModel, cfg, task_type: str = "CAUSAL_LM") -> PreT
         task_type=task_type,
     )
     return get_peft_model(model, lcfg)
+
+
+def unsharded_peft_copy(model, state_dict: dict):
+    """A plain in-memory copy of a peft model (same base class and config, same adapters) holding the
+    weights of `state_dict`: the full weights gathered from a model whose own parameters are only this
+    process's shards (ZeRO-3, FSDP), so that the copy's adapter can be merged and saved."""
+    import copy
+
+    from peft import get_peft_model
+
+    base = model.get_base_model()
+    configs = {name: copy.deepcopy(c) for name, c in model.peft_config.items()}
+    first, *others = configs
+    floating = [v.dtype for v in state_dict.values() if v.is_floating_point()]
+    fresh = type(base)(base.config)
+    if floating:
+        fresh.to(floating[0])
+    plain = get_peft_model(fresh, configs[first], adapter_name=first)
+    for name in others:
+        plain.add_adapter(name, configs[name])
+    plain.load_state_dict(state_dict, strict=True)
+    plain.set_adapter(model.active_adapter)
+    return plain
 
 
 def response_token_logps(

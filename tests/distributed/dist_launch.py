@@ -52,7 +52,7 @@ def cli_args(stage: str, config: dict) -> list[str]:
     return argv
 
 
-def kill_launch(proc: subprocess.Popen, report: Path) -> None:
+def kill_launch(proc: subprocess.Popen, report: Path, worker: Path = WORKER) -> None:
     """Kill what a launch left running: the launcher's session, and the workers, which torch's launcher
     starts in sessions of their own (each worker writes its pid at start; see dist_worker.py)."""
     with contextlib.suppress(ProcessLookupError):
@@ -61,7 +61,7 @@ def kill_launch(proc: subprocess.Popen, report: Path) -> None:
     for pid_file in report.glob("pid*"):
         pid = int(pid_file.read_text())
         with contextlib.suppress(OSError):
-            if WORKER.name in Path(f"/proc/{pid}/cmdline").read_text():
+            if worker.name in Path(f"/proc/{pid}/cmdline").read_text():
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -72,6 +72,8 @@ def launch(
     watch: list[Path] = (),
     launcher: str = "torchrun",
     timeout: float = 240,
+    worker: Path = WORKER,
+    extra: dict | None = None,
 ) -> list:
     """Run `runs` (see dist_worker.py) in one multi-process launch; returns the per-rank reports.
 
@@ -80,7 +82,9 @@ def launch(
     workdir.mkdir(parents=True, exist_ok=True)
     report = workdir / "report"
     spec = workdir / "spec.json"
-    spec.write_text(json.dumps({"report": str(report), "watch": [str(w) for w in watch], "runs": runs}))
+    spec.write_text(
+        json.dumps({"report": str(report), "watch": [str(w) for w in watch], "runs": runs, **(extra or {})})
+    )
     port = str(free_port())
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
@@ -90,7 +94,7 @@ def launch(
                "--num_processes", str(nproc), "--main_process_port", port]  # fmt: skip
     else:
         raise ValueError(launcher)
-    cmd += [str(WORKER), str(spec)]
+    cmd += [str(worker), str(spec)]
     # Output goes to files, not pipes: a worker that outlives its launcher must not keep us waiting.
     log_out, log_err = workdir / "stdout.log", workdir / "stderr.log"
     with log_out.open("w") as out, log_err.open("w") as err:
@@ -100,7 +104,7 @@ def launch(
         except subprocess.TimeoutExpired:
             pass
         finally:
-            kill_launch(proc, report)
+            kill_launch(proc, report, worker)
     if proc.returncode != 0:
         what = "timed out" if proc.returncode == -signal.SIGKILL else f"failed ({proc.returncode})"
         raise AssertionError(

@@ -10,8 +10,8 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 
+from rto.distributed import LAYOUTS, layout_of, require_support
 from rto.errors import RtoError
-from rto.trainers.ppo import check_distributed_support
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 EXPECTED = {
@@ -44,21 +44,49 @@ def test_config_parses_with_accelerates_own_parser(name):
         assert "UNTESTED" in text
 
 
-def _acc(kind: DistributedType, zero_stage: int | None = None):
-    plugin = SimpleNamespace(zero_stage=zero_stage) if zero_stage else None
-    return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(deepspeed_plugin=plugin))
+def _acc(kind: DistributedType, zero_stage: int | None = None, fsdp_version: int = 2):
+    return SimpleNamespace(
+        distributed_type=kind,
+        state=SimpleNamespace(
+            deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage) if zero_stage else None,
+            fsdp_plugin=SimpleNamespace(fsdp_version=fsdp_version),
+        ),
+    )
+
+
+def test_every_layout_maps_to_a_row_of_the_table():
+    cases = {
+        (DistributedType.NO, None, 2): "single",
+        (DistributedType.MULTI_CPU, None, 2): "ddp",
+        (DistributedType.MULTI_GPU, None, 2): "ddp",
+        (DistributedType.DEEPSPEED, 2, 2): "deepspeed-zero2",
+        (DistributedType.DEEPSPEED, 3, 2): "deepspeed-zero3",
+        (DistributedType.FSDP, None, 1): "fsdp1",
+        (DistributedType.FSDP, None, 2): "fsdp2",
+    }
+    for args, name in cases.items():
+        assert layout_of(_acc(*args)) is LAYOUTS[name]
+    assert set(LAYOUTS) == set(cases.values())
+    sharded = {name for name, layout in LAYOUTS.items() if layout.shards_weights}
+    assert sharded == {"deepspeed-zero3", "fsdp1", "fsdp2"}
 
 
 @pytest.mark.parametrize("kind", [DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU])
 def test_ppo_accepts_single_process_and_ddp(kind):
-    check_distributed_support(_acc(kind), with_critic=True)
+    require_support(_acc(kind), "ppo", with_critic=True)
 
 
 def test_ppo_refuses_sharded_weights_and_two_deepspeed_models():
     with pytest.raises(RtoError, match="FSDP"):
-        check_distributed_support(_acc(DistributedType.FSDP), with_critic=False)
+        require_support(_acc(DistributedType.FSDP), "ppo", with_critic=False)
     with pytest.raises(RtoError, match="ZeRO-3"):
-        check_distributed_support(_acc(DistributedType.DEEPSPEED, 3), with_critic=False)
+        require_support(_acc(DistributedType.DEEPSPEED, 3), "ppo", with_critic=False)
     with pytest.raises(RtoError, match="reinforce"):
-        check_distributed_support(_acc(DistributedType.DEEPSPEED, 2), with_critic=True)
-    check_distributed_support(_acc(DistributedType.DEEPSPEED, 2), with_critic=False)  # wired, untested
+        require_support(_acc(DistributedType.DEEPSPEED, 2), "ppo", with_critic=True)
+    require_support(_acc(DistributedType.DEEPSPEED, 2), "ppo", with_critic=False)  # wired, untested
+
+
+@pytest.mark.parametrize("kind", [DistributedType.DEEPSPEED, DistributedType.FSDP])
+def test_supervised_stages_run_under_every_layout(kind):
+    for stage in ("sft", "rm", "dpo"):
+        require_support(_acc(kind, 3 if kind == DistributedType.DEEPSPEED else None), stage)

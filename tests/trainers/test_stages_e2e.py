@@ -107,3 +107,31 @@ def test_dpo_family_losses_run(tmp_path, tiny_model_dir, loss_type):
     )
     history = read_metrics(train_dpo(cfg))
     assert len(history) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+
+
+def test_models_load_in_the_configured_dtype(tmp_path, tiny_model_dir):
+    """--dtype: float32 by default, bfloat16 on request (the run trains and saves in it), auto = the
+    precision stored with the model; anything else is refused by name."""
+    from rto import models
+    from rto.errors import RtoError
+
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    assert next(models.load_causal_lm(str(tiny_model_dir), tok).parameters()).dtype == torch.float32
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(16))
+    out = train_sft(
+        SFTConfig(
+            model=str(tiny_model_dir),
+            data=str(data),
+            output_dir=str(tmp_path / "sft"),
+            max_steps=1,
+            dtype="bfloat16",
+            **COMMON,
+        )  # fmt: skip
+    )
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {torch.bfloat16}
+    assert next(models.load_causal_lm(str(out), tok, dtype="auto").parameters()).dtype == torch.bfloat16
+    assert next(models.load_score_model(str(out), tok).parameters()).dtype == torch.float32
+    with pytest.raises(RtoError, match="dtype"):
+        models.load_causal_lm(str(tiny_model_dir), tok, dtype="fp8")

@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 
-from rto import distributed
+from rto import distributed, models
 from rto.config import save_config
 from rto.distributed import global_sum
 from rto.errors import NonFiniteError, RtoError
@@ -88,8 +87,8 @@ def save_checkpoint(
     """Write everything a bit-exact continuation needs to checkpoints/.tmp-step-N, then rename it.
 
     Contents: model weights (safetensors), optimizer states, RNG states of every process (accelerate's
-    save_state), the state of objects registered with `acc.register_for_checkpointing` (schedulers;
-    stored as JSON, so that loading never unpickles), the caller's `state` (step, KL controller,
+    save_state), the states of the schedulers given to `distributed.prepare_trained` (stored as JSON,
+    so that loading never unpickles), the caller's `state` (step, KL controller,
     counters), the metrics history and the run's config. The data position is the step: batches are a
     function of (seed, step). A crash at any moment leaves the older checkpoints untouched, and a state
     with non-finite weights is never written."""
@@ -101,26 +100,20 @@ def save_checkpoint(
         f"the last complete checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint"
     )
     check_weights_finite(acc, f"at step {step}", f"not writing checkpoint {final}; {intact}")
-    custom = acc._custom_objects
+    schedulers = distributed.checkpointed_schedulers(acc)
     if acc.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
     acc.wait_for_everyone()
     try:
-        # Registered objects are stored as JSON by us: accelerate would pickle them and unpickle them
-        # with weights_only=False on load.
-        acc._custom_objects = []
-        try:
-            acc.save_state(str(tmp), safe_serialization=True)
-        finally:
-            acc._custom_objects = custom
+        acc.save_state(str(tmp), safe_serialization=True)
         pause_point("checkpoint", step)
         if acc.is_main_process:
             full = {
                 "step": step,
                 **state,
-                "registered_states": [obj.state_dict() for obj in custom],
+                "registered_states": [obj.state_dict() for obj in schedulers],
                 "rng_digest": _rng_digest(),
             }
             (tmp / STATE_FILE).write_text(json.dumps(full, indent=1))
@@ -164,7 +157,7 @@ def check_weights_finite(acc: Accelerator, when: str, consequence: str) -> None:
     """Refuse to save a state whose weights hold NaN/inf (checked on every process, decided together)."""
     bad = [
         f"{type(acc.unwrap_model(m)).__name__}.{name}"
-        for m in acc._models
+        for m in distributed.trained_models(acc)
         for name, p in m.named_parameters()
         if not bool(torch.isfinite(p).all())
     ]
@@ -177,7 +170,7 @@ def load_latest_checkpoint(acc: Accelerator, output_dir: str | Path) -> dict[str
     """Restore models, optimizers, schedulers and RNG from the newest complete checkpoint.
 
     Loading never unpickles arbitrary objects: weights come from safetensors, optimizer and RNG states
-    through accelerate's torch.load(weights_only=True), registered objects from JSON."""
+    through accelerate's torch.load(weights_only=True), scheduler states from JSON."""
     ckpts = list_checkpoints(output_dir)
     if not ckpts:
         log.warning(
@@ -191,21 +184,18 @@ def load_latest_checkpoint(acc: Accelerator, output_dir: str | Path) -> dict[str
         raise RtoError(
             f"{latest / STATE_FILE}: unreadable ({e}); delete this checkpoint to resume from the one before"
         ) from e
-    custom = acc._custom_objects
+    schedulers = distributed.checkpointed_schedulers(acc)
     saved = state.get("registered_states", [])
-    if len(saved) != len(custom):
+    if len(saved) != len(schedulers):
         raise RtoError(
-            f"{latest}: holds {len(saved)} scheduler/registered states but this run has {len(custom)}; "
+            f"{latest}: holds {len(saved)} scheduler states but this run has {len(schedulers)}; "
             "it was written by a different kind of run"
         )
-    acc._custom_objects = []
     try:
         acc.load_state(str(latest))
     except Exception as e:
         raise RtoError(f"could not load checkpoint {latest}: {type(e).__name__}: {e}") from e
-    finally:
-        acc._custom_objects = custom
-    for obj, obj_state in zip(custom, saved):
+    for obj, obj_state in zip(schedulers, saved):
         obj.load_state_dict(obj_state)
     if acc.is_main_process and state.get("rng_digest") not in (None, _rng_digest()):
         raise RtoError(
@@ -256,15 +246,16 @@ def save_hf_folder(
 ) -> None:
     """An ordinary Hugging Face folder (safetensors), loadable without rto.
 
-    Under sharded back-ends (DeepSpeed ZeRO-3, FSDP) each process holds a slice of the weights, so every
-    process takes part in gathering the full state dict first (untested here: no GPU)."""
+    Under layouts that shard weights (DeepSpeed ZeRO-3, FSDP) each process holds a slice of them, so
+    every process takes part in gathering the full state dict first; a LoRA model is then rebuilt from
+    the gathered weights on the main process, to merge its adapter (tested with a stand-in for the
+    gather only: no GPU here)."""
     acc.wait_for_everyone()
-    is_peft = hasattr(acc.unwrap_model(model), "peft_config")
-    gathered = None
-    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP) and not is_peft:
-        gathered = acc.get_state_dict(model)
+    gathered = distributed.full_state_dict(acc, model)
     if acc.is_main_process:
         unwrapped = acc.unwrap_model(model)
+        if gathered is not None and hasattr(unwrapped, "peft_config"):
+            unwrapped, gathered = models.unsharded_peft_copy(unwrapped, gathered), None
         adapter_tmp = None
         if hasattr(unwrapped, "merge_and_unload") and hasattr(unwrapped, "peft_config"):
             # LoRA: keep the trained adapter (for shared-base PPO) and write the merged model beside it.

@@ -22,7 +22,7 @@ from rto.trainers.supervised import SupervisedStage, setup_stage, train_supervis
 
 def train_dpo(cfg: DPOConfig) -> Path:
     acc, out, tokenizer, items = setup_stage(cfg, "dpo", to_preference_examples, tokenize_preference)
-    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
+    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, cfg.dtype)
     ref_path = cfg.ref_model or cfg.model
     if cfg.ref_model:
         models.require_same_vocabulary(
@@ -31,7 +31,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     needs_ref = cfg.loss_type != "simpo"
     ref = None
     if needs_ref:
-        ref = models.freeze(models.load_causal_lm(ref_path, tokenizer, cfg.trust_remote_code)).to(acc.device)
+        ref = models.freeze(models.load_causal_lm(ref_path, tokenizer, cfg.trust_remote_code, cfg.dtype))
+        ref = distributed.prepare_frozen(acc, ref)
         models.disable_dropout(ref)
     if cfg.lora:
         policy = models.lora_wrap(policy, cfg)

@@ -82,7 +82,7 @@ def load_models(cfg: PPOConfig) -> Models:
     """
     trc = cfg.trust_remote_code
     tok = models.load_tokenizer(cfg.policy, trc, padding_side="left")
-    policy = models.load_causal_lm(cfg.policy, tok, trc)
+    policy = models.load_causal_lm(cfg.policy, tok, trc, cfg.dtype)
     if cfg.ref_model:
         models.require_same_vocabulary(
             tok, models.load_tokenizer(cfg.ref_model, trc), "policy", "reference model"
@@ -90,7 +90,11 @@ def load_models(cfg: PPOConfig) -> Models:
     if cfg.lora:
         policy = models.lora_wrap(policy, cfg)
     shared_ref = cfg.lora and not cfg.ref_model
-    ref = None if shared_ref else models.freeze(models.load_causal_lm(cfg.ref_model or cfg.policy, tok, trc))
+    ref = (
+        None
+        if shared_ref
+        else models.freeze(models.load_causal_lm(cfg.ref_model or cfg.policy, tok, trc, cfg.dtype))
+    )
     dpo = None
     dpo_adapter = None
     if cfg.reward_mode != "ppo":
@@ -101,14 +105,14 @@ def load_models(cfg: PPOConfig) -> Models:
             dpo_adapter = "dpo"
             log.info("DPO model loaded as a frozen adapter on the shared base: %s", adapter_path)
         else:
-            dpo = models.freeze(models.load_causal_lm(cfg.dpo_model, tok, trc))
+            dpo = models.freeze(models.load_causal_lm(cfg.dpo_model, tok, trc, cfg.dtype))
     reward = rtok = None
     same = True
     mean, std = 0.0, 1.0
     if cfg.reward_mode != "dpo-only":
         rtok = models.load_tokenizer(cfg.reward_model, trc, padding_side="right")
         same = models.same_vocabulary(tok, rtok)
-        reward = models.freeze(models.load_score_model(cfg.reward_model, rtok, trc))
+        reward = models.freeze(models.load_score_model(cfg.reward_model, rtok, trc, cfg.dtype))
         if cfg.normalize_rm_score:
             mean, std = models.score_stats(reward, cfg.reward_model)
         if not same:
@@ -117,19 +121,19 @@ def load_models(cfg: PPOConfig) -> Models:
     reward_in_critic = False
     if cfg.advantage == "gae":
         if cfg.critic:
-            critic = models.load_score_model(cfg.critic, tok, trc)
+            critic = models.load_score_model(cfg.critic, tok, trc, cfg.dtype)
             models.require_same_vocabulary(tok, models.load_tokenizer(cfg.critic, trc), "policy", "critic")
         elif same:
             if cfg.lora and reward is not None:
                 critic, reward, reward_in_critic = reward.requires_grad_(True), None, True
             else:
-                critic = models.load_score_model(cfg.reward_model, tok, trc)
+                critic = models.load_score_model(cfg.reward_model, tok, trc, cfg.dtype)
         else:
             log.warning(
                 "the reward model's tokenizer differs from the policy's, so the critic cannot start from it: "
                 "starting the critic from the policy with a fresh value head"
             )
-            critic = models.load_score_model(cfg.policy, tok, trc)
+            critic = models.load_score_model(cfg.policy, tok, trc, cfg.dtype)
         if cfg.lora:
             critic = models.lora_wrap(critic, cfg, task_type="SEQ_CLS")
     for m in (policy, ref, dpo, reward, critic):
@@ -322,47 +326,12 @@ def compute_targets(
 # ----------------------------------------------------------------------------- the trainer
 
 
-def check_distributed_support(acc, with_critic: bool) -> None:
-    """Fail at start-up, with a reason, under the accelerate back-ends PPO is not wired for.
-
-    Sharded weights (ZeRO-3, FSDP) would hang or mis-sample: each process stops generating when its
-    own rows have ended, while every forward of a sharded model is a collective (see
-    docs/distributed.md). Under DeepSpeed, accelerate prepares one model per engine and sends every
-    `backward` to the first engine, so a policy and a critic cannot both be trained."""
-    kind = str(getattr(acc.distributed_type, "value", acc.distributed_type))
-    if kind == "FSDP":
-        raise RtoError("rto ppo does not support FSDP yet (sampling needs whole weights); use DDP")
-    if kind == "DEEPSPEED":
-        plugin = getattr(acc.state, "deepspeed_plugin", None)
-        stage = getattr(plugin, "zero_stage", None)
-        if stage == 3:
-            raise RtoError(
-                "rto ppo does not support DeepSpeed ZeRO-3 yet (sampling needs whole weights); use DDP"
-            )
-        if with_critic:
-            raise RtoError(
-                "rto ppo with a critic (advantage 'gae') cannot run under DeepSpeed: accelerate drives one "
-                "engine per Accelerator; use DDP, or --advantage reinforce++ (no critic)"
-            )
-
-
-def _optim_setup(cfg, model, lr, total_steps):
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_eps,
-        weight_decay=cfg.weight_decay,
-    )
-    return opt, optim.make_scheduler(opt, cfg, total_steps)
-
-
 @signals.restores_signal_handlers
 def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
     """Train; returns the output folder (policy there, critic in ./critic)."""
     validate_config(cfg)
     acc = distributed.make_accelerator(cfg)
-    check_distributed_support(acc, with_critic=cfg.advantage == "gae")
+    distributed.require_support(acc, "ppo", with_critic=cfg.advantage == "gae")
     if cfg.mini_batch_size % acc.num_processes:
         raise RtoError(
             f"field 'mini_batch_size' ({cfg.mini_batch_size}) must be divisible by the number of processes "
@@ -396,20 +365,20 @@ def train_ppo(cfg: PPOConfig, rollout_hook: RolloutHook | None = None) -> Path:
 
     steps_per_iter = cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size)
     total_steps = cfg.num_iterations * steps_per_iter
-    actor_opt, actor_sched = _optim_setup(cfg, ms.policy, cfg.actor_lr, total_steps)
+    actor_opt = optim.make_optimizer(ms.policy.parameters(), cfg.actor_lr, cfg)
+    actor_sched = optim.make_scheduler(actor_opt, cfg, total_steps)
     if cfg.gradient_checkpointing:
         ms.policy.gradient_checkpointing_enable()
     if ms.critic is not None:
-        critic_opt, critic_sched = _optim_setup(cfg, ms.critic, cfg.critic_lr, total_steps)
-        policy, critic, actor_opt, critic_opt = acc.prepare(ms.policy, ms.critic, actor_opt, critic_opt)
-        acc.register_for_checkpointing(actor_sched, critic_sched)
+        critic_opt = optim.make_optimizer(ms.critic.parameters(), cfg.critic_lr, cfg)
+        critic_sched = optim.make_scheduler(critic_opt, cfg, total_steps)
+        policy, critic, actor_opt, critic_opt = distributed.prepare_trained(
+            acc, ms.policy, ms.critic, actor_opt, critic_opt, schedulers=[actor_sched, critic_sched]
+        )
     else:
         critic = critic_opt = critic_sched = None
-        policy, actor_opt = acc.prepare(ms.policy, actor_opt)
-        acc.register_for_checkpointing(actor_sched)
-    for m in (ms.ref, ms.dpo, ms.reward):
-        if m is not None:
-            m.to(acc.device)
+        policy, actor_opt = distributed.prepare_trained(acc, ms.policy, actor_opt, schedulers=[actor_sched])
+    ms.ref, ms.dpo, ms.reward = (distributed.prepare_frozen(acc, m) for m in (ms.ref, ms.dpo, ms.reward))
     settings = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos_id, pad_id)
     engine = make_engine(cfg.engine, lambda: policy, settings)
     guard = guards.SkipGuard(cfg)  # on_nonfinite: stop, or skip with a limit on skips in a row

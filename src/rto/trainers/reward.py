@@ -19,7 +19,7 @@ from rto.config import RewardConfig
 from rto.data.collate import collate_preference
 from rto.data.formats import to_preference_examples
 from rto.data.tokenize import tokenize_preference
-from rto.trainers import checkpoints, data_order
+from rto.trainers import checkpoints
 from rto.trainers.supervised import SupervisedStage, setup_stage, train_supervised
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,18 @@ def preference_scores(
     return scores[:n], scores[n:]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def measure_score_stats(acc, model, items: list[dict], pad_id: int, batch_size: int) -> tuple[float, float]:
-    """Mean and std of the RM's scores over every training response, across all processes."""
+    """Mean and std of the RM's scores over every training response, across all processes.
+
+    no_grad rather than inference_mode: under FSDP2 the weights a forward gathers would become inference
+    tensors, and the model's next forward with gradients would fail on them."""
     model.eval()
-    local = items[acc.process_index :: acc.num_processes]
     s = sq = n = 0.0
-    for mb in data_order.micro_batches(local, batch_size):
+    for mb, real in distributed.even_micro_batches(acc, items, batch_size):
         c, r = preference_scores(model, mb, pad_id, acc.device)
+        if not real:  # a stand-in batch, so that every process runs as many forwards
+            continue
         both = torch.cat([c, r]).double()
         s, sq, n = s + float(both.sum()), sq + float((both**2).sum()), n + both.numel()
     s, sq, n = distributed.global_sum(acc, [s, sq, n]).tolist()
@@ -53,7 +57,7 @@ def measure_score_stats(acc, model, items: list[dict], pad_id: int, batch_size: 
 
 def train_reward(cfg: RewardConfig) -> Path:
     acc, out, tokenizer, items = setup_stage(cfg, "rm", to_preference_examples, tokenize_preference)
-    model = models.load_score_model(cfg.model, tokenizer, cfg.trust_remote_code)
+    model = models.load_score_model(cfg.model, tokenizer, cfg.trust_remote_code, cfg.dtype)
     if cfg.lora:
         model = models.lora_wrap(model, cfg, task_type="SEQ_CLS")
     pad = tokenizer.pad_token_id

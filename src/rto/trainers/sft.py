@@ -15,7 +15,7 @@ from rto.trainers.supervised import SupervisedStage, setup_stage, train_supervis
 
 def train_sft(cfg: SFTConfig) -> Path:
     acc, out, tokenizer, items = setup_stage(cfg, "sft", to_sft_examples, tokenize_sft)
-    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
+    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, cfg.dtype)
     if cfg.lora:
         model = models.lora_wrap(model, cfg)
     pad = tokenizer.pad_token_id

@@ -67,8 +67,7 @@ def train_supervised(cfg, acc, model, items: list[dict], stage: SupervisedStage)
         model.gradient_checkpointing_enable()
     optimizer = optim.make_optimizer(model.parameters(), cfg.learning_rate, cfg)
     scheduler = optim.make_scheduler(optimizer, cfg, total_steps)
-    model, optimizer = acc.prepare(model, optimizer)
-    acc.register_for_checkpointing(scheduler)
+    model, optimizer = distributed.prepare_trained(acc, model, optimizer, schedulers=[scheduler])
 
     start, skipped, guard = 0, 0, guards.SkipGuard(cfg)
     if cfg.resume:
