@@ -1,22 +1,22 @@
 """`rto bench`: what an RTO iteration costs next to a PPO iteration, and next to the bare compute.
 
 The bench builds a small world offline (a BPE tokenizer trained on generated reviews; SFT, DPO and
-reward-model folders of a GPT-2 preset with random weights; prompts of a fixed token length) and then
-drives the real trainer's functions -- ``generate``, ``score_rollout``, ``compute_targets``,
-``ppo_update`` from ``rto.trainers`` -- exactly as ``train_ppo`` chains them, for a PPO run and an RTO
-run held side by side in one process. Rounds alternate which mode goes first, so machine noise (other
-jobs, thermal state, allocator warm-up) hits both alike.
+reward-model folders of a GPT-2 preset with random weights; prompts of a fixed token length), sets up a
+PPO run and an RTO run with the trainer's own ``setup_ppo`` and times the trainer's own ``ppo_iteration``
+for both, held side by side in one process. Rounds alternate which mode goes first, so machine noise
+(other jobs, thermal state, allocator warm-up) hits both alike.
+
+Phases are timed through the iteration's observer seam: ``ppo_iteration`` names its phases (generation,
+score and each scoring pass inside it, targets, train) and hands the scored batch to the observer, so the
+breakdown is the trainer's and cannot drift from it; the bench still checks that every expected scoring
+pass was seen. What the iteration does outside those phases (its metrics) shows as "other".
 
 After every iteration the same shapes are pushed through bare calls -- one plain
 ``model.generate(do_sample=True)`` generating exactly as many tokens, plain no-grad forwards of every
 scoring model, plain forward + backward + ``optimizer.step()`` of policy and critic -- and
-"iteration / floor" is how much the trainer costs on top of the compute itself.
-
-Per-pass times inside ``score_rollout`` come from wrapping the functions it looks up at call time
-(``ppo.response_logps``, ``models.token_scores``, ``models.sequence_scores``) for the duration of the
-call; the bench checks that every expected pass was seen, so a refactor of the trainer cannot silently
-break the breakdown. Random weights mean responses rarely end early: every row runs to
-``max_new_tokens``, the worst case for the work per iteration and the same work for both modes.
+"iteration / floor" is how much the trainer costs on top of the compute itself. Random weights mean
+responses rarely end early: every row runs to ``max_new_tokens``, the worst case for the work per
+iteration and the same work for both modes.
 """
 
 from __future__ import annotations
@@ -185,76 +185,30 @@ def _ppo_config(cfg: BenchConfig, root: Path, mode: str):
 
 @dataclass
 class _Run:
-    """One mode's trainer state, built the way train_ppo builds it."""
+    """One mode's trainer run (rto.trainers.ppo.PPORun) and what was measured on it."""
 
     mode: str
-    cfg: Any
-    ms: Any
-    policy: Any
-    critic: Any
-    actor_opt: Any
-    critic_opt: Any
-    actor_sched: Any
-    critic_sched: Any
-    kl_coef: float
+    run: Any  # PPORun
     records: list[dict[str, float]] = field(default_factory=list)
     peaks: list[dict[str, float]] = field(default_factory=list)
 
-
-def _make_run(acc, pc, mode: str) -> _Run:
-    from rto import distributed
-    from rto.trainers import optim, ppo
-
-    ms = ppo.load_models(pc)
-    steps = pc.num_iterations * pc.ppo_epochs * (pc.rollout_batch_size // pc.mini_batch_size)
-    actor_opt = optim.make_optimizer(ms.policy.parameters(), pc.actor_lr, pc)
-    critic_opt = optim.make_optimizer(ms.critic.parameters(), pc.critic_lr, pc)
-    actor_sched = optim.make_scheduler(actor_opt, pc, steps)
-    critic_sched = optim.make_scheduler(critic_opt, pc, steps)
-    policy, critic, actor_opt, critic_opt = distributed.prepare_trained(
-        acc, ms.policy, ms.critic, actor_opt, critic_opt, schedulers=[actor_sched, critic_sched]
-    )
-    ms.ref, ms.dpo, ms.reward = (distributed.prepare_frozen(acc, m) for m in (ms.ref, ms.dpo, ms.reward))
-    return _Run(mode, pc, ms, policy, critic, actor_opt, critic_opt, actor_sched, critic_sched, pc.beta2)
+    @property
+    def cfg(self):
+        return self.run.cfg
 
 
-def _pass_namer(table: dict[int, str], adapters: dict[str, str] | None = None):
-    """Name a scoring call by the model it runs (or, for a shared LoRA base, by the adapter it selects)."""
+class _Observer:
+    """The iteration's observer: its phases go to the timer; the scored batch is kept for the floor."""
 
-    def name_of(model, *args, **kwargs):
-        adapter = kwargs.get("adapter")
-        if adapter and adapters:
-            return adapters.get(adapter)
-        return table.get(id(model))
+    def __init__(self, timer):
+        self.timer = timer
+        self.rollout = self.exp = None
 
-    return name_of
+    def phase(self, name: str):
+        return self.timer.phase(name)
 
-
-@contextlib.contextmanager
-def _instrument_scoring(timer, run: _Run, policy, critic):
-    """Attribute score_rollout's time to its passes by wrapping the functions it calls."""
-    from rto import models
-    from rto.trainers import ppo
-    from rto.trainers.timing import patched
-
-    ms = run.ms
-    logp_names = {id(policy): "score.policy", id(ms.ref): "score.ref"}
-    if ms.dpo is not None:
-        logp_names[id(ms.dpo)] = "score.dpo"
-    adapters = {a: n for a, n in ((ms.ref_adapter, "score.ref"), (ms.dpo_adapter, "score.dpo")) if a}
-    rm_names = {id(critic) if ms.reward_in_critic else id(ms.reward): "score.rm"}
-    with (
-        patched(ppo, "response_logps", timer.wrap(ppo.response_logps, _pass_namer(logp_names, adapters))),
-        patched(
-            models, "token_scores", timer.wrap(models.token_scores, _pass_namer({id(critic): "score.critic"}))
-        ),
-        patched(
-            models,
-            "sequence_scores",
-            timer.wrap(models.sequence_scores, _pass_namer(rm_names)),
-        ),
-    ):
-        yield
+    def scored(self, rollout, exp, targets) -> None:
+        self.rollout, self.exp = rollout, exp
 
 
 @contextlib.contextmanager
@@ -278,55 +232,16 @@ def _count_tokenizer_calls(tok, counter: dict[str, int]):
         yield
 
 
-def _iteration(acc, run: _Run, items, indices, it: int, timer, tok_calls: dict[str, int]) -> dict[str, Any]:
-    """One trainer iteration (train_ppo's loop body, metrics aside), timed by phase."""
-    from rto.data.collate import collate_prompts
-    from rto.engines import SamplingSettings, make_engine, sample_seeds
-    from rto.trainers import guards, ppo
+def _iteration(run: _Run, indices, it: int, timer, tok_calls: dict[str, int]) -> dict[str, Any]:
+    """One iteration of the trainer (``ppo_iteration``), timed by phase."""
+    from rto.trainers import ppo
 
-    pc, ms, dev = run.cfg, run.ms, acc.device
-    tok = ms.tokenizer
-    pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
-    delim = torch.zeros(0, dtype=torch.bool)
-    with _count_tokenizer_calls(tok, tok_calls), timer.phase("iteration"):
-        with timer.phase("generation"):
-            local_items = [items[i] for i in indices]
-            sample_index = torch.arange(len(indices), dtype=torch.long)
-            batch = collate_prompts(local_items, pad_id)
-            settings = SamplingSettings(pc.max_new_tokens, pc.temperature, pc.top_p, eos_id, pad_id)
-            engine = make_engine(pc.engine, run.policy, settings)
-            roll = engine.generate(
-                batch["input_ids"], batch["attention_mask"], sample_seeds(pc.seed, it, sample_index)
-            )
-            policy = acc.unwrap_model(run.policy)
-        critic = acc.unwrap_model(run.critic)
-        with timer.phase("score"), _instrument_scoring(timer, run, policy, critic):
-            exp = ppo.score_rollout(
-                pc, ms, policy, critic, roll, [x["prompt"] for x in local_items], sample_index.to(dev), dev
-            )
-            exp = ppo.gather_experience(acc, exp, pad_id)
-        with timer.phase("targets"):
-            tg = ppo.compute_targets(pc, ms, exp, run.kl_coef, delim)
-            valid = exp.mask.bool()  # the trainer's non-finite guard, same quantities
-            bad = guards.first_nonfinite(
-                {
-                    "reward-model scores": exp.scores,
-                    "policy log-probs": exp.logps[valid],
-                    "reference log-probs": exp.ref_logps[valid],
-                    "DPO log-probs": None if exp.dpo_logps is None else exp.dpo_logps[valid],
-                    "critic values": exp.values[valid],
-                    "token rewards": tg.rewards.total,
-                    "advantages": tg.advantages,
-                    "returns": tg.returns,
-                }
-            )
-            if bad is not None:
-                raise RtoError(f"bench: non-finite {bad} at iteration {it + 1}")
-        with timer.phase("train"):
-            ppo.ppo_update(
-                pc, acc, run.policy, run.critic, run.actor_opt, run.critic_opt, run.actor_sched,
-                run.critic_sched, exp, tg, it, True,
-            )  # fmt: skip
+    observer = _Observer(timer)
+    with _count_tokenizer_calls(run.run.tokenizer, tok_calls), timer.phase("iteration"):
+        ppo.ppo_iteration(
+            run.run, it, indices, observer=observer
+        )  # non-finite values raise (on_nonfinite=stop)
+    roll, exp = observer.rollout, observer.exp
     scored = [exp.logps, exp.ref_logps, exp.values] + ([exp.dpo_logps] if exp.dpo_logps is not None else [])
     return {
         "roll": roll,
@@ -366,10 +281,10 @@ def _make_floor(acc, pc) -> _Floor:
 
 def _floor(fl: _Floor, run: _Run, out: dict[str, Any], timer) -> None:
     """The same shapes through bare Hugging Face / torch calls."""
-    pc, ms, roll, exp = run.cfg, run.ms, out["roll"], out["exp"]
-    tok = ms.tokenizer
+    pc, s, roll, exp = run.cfg, run.run.scorers, out["roll"], out["exp"]
+    tok = run.run.tokenizer
     steps = out["generated_steps"]
-    policy = run.policy
+    policy = run.run.policy
     with timer.phase("floor.generation"):
         policy.generate(
             input_ids=roll.prompt_ids, attention_mask=roll.prompt_mask, do_sample=True, max_new_tokens=steps,
@@ -377,7 +292,13 @@ def _floor(fl: _Floor, run: _Run, out: dict[str, Any], timer) -> None:
             eos_token_id=tok.eos_token_id, use_cache=True,
         )  # fmt: skip
     ids, attn = exp.input_ids.clone(), exp.attention_mask.clone()  # normal tensors: they enter autograd
-    scorers = {"policy": policy, "ref": ms.ref, "dpo": ms.dpo, "critic": run.critic, "rm": ms.reward}
+    scorers = {
+        "policy": policy,
+        "ref": s.reference.model,
+        "dpo": s.dpo.model if s.dpo is not None else None,
+        "critic": run.run.critic,
+        "rm": s.reward.model,
+    }
     with torch.inference_mode():
         for name, model in scorers.items():
             if model is not None:
@@ -405,12 +326,11 @@ def _mean(xs: list[float]) -> float:
 
 
 def _model_mb(run: _Run) -> float:
-    ms = run.ms
+    r = run.run
     total = 0
-    for m in (ms.policy, ms.ref, ms.dpo, ms.reward, ms.critic):
-        if m is not None:
-            total += sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
-    for opt in (run.actor_opt, run.critic_opt):
+    for m in (r.scorers.policy.model, r.scorers.critic.model, *(x.model for x in r.scorers.frozen_roles())):
+        total += sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+    for opt in (r.actor_opt, r.critic_opt):
         for state in opt.state.values():
             total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
     return total / 2**20
@@ -563,11 +483,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    from accelerate import Accelerator
-
-    from rto.data.formats import to_prompt_examples
-    from rto.data.loading import load_rows
-    from rto.data.tokenize import tokenize_all, tokenize_prompt
+    from rto.trainers import ppo
     from rto.trainers.timing import PeakMemory, PhaseTimer
 
     load_start = _load()
@@ -577,15 +493,10 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         world = build_world(cfg, root)
-        acc = Accelerator()
-        runs = {m: _make_run(acc, _ppo_config(cfg, root, m), m) for m in MODES}
+        runs = {m: _Run(m, ppo.setup_ppo(_ppo_config(cfg, root, m))) for m in MODES}
+        acc = runs["ppo"].run.acc
         floor = _make_floor(acc, runs["ppo"].cfg)
-        tok = runs["ppo"].ms.tokenizer
-        pc = runs["ppo"].cfg
-        examples = to_prompt_examples(load_rows(pc.prompts, "train", None), None, source=pc.prompts)
-        items, _ = tokenize_all(
-            tokenize_prompt, tok, examples, source=pc.prompts, max_prompt_length=pc.max_prompt_length
-        )
+        items = runs["ppo"].run.prompts
         setup_s = time.perf_counter() - t0
         _check_world(runs)
 
@@ -602,7 +513,7 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 run = runs[mode]
                 timer = PhaseTimer(acc.device)
                 memory.reset()
-                out = _iteration(acc, run, items, indices, it, timer, tok_calls)
+                out = _iteration(run, indices, it, timer, tok_calls)
                 peak = memory.read()
                 _floor(floor, run, out, timer)
                 early_stop_ok &= out["generated_steps"] == out["longest_response"]
@@ -710,20 +621,21 @@ def _validate(cfg: BenchConfig) -> None:
 
 def _check_world(runs: dict[str, _Run]) -> None:
     for mode, run in runs.items():
-        if run.critic is None or run.ms.reward is None or not run.ms.reward_same_tokens:
+        s = run.run.scorers
+        if s.critic is None or s.reward is None or s.reward.kind != "model":
             raise RtoError(f"bench: the {mode} run did not get a critic and a same-tokenizer reward model")
-        if (run.ms.dpo is None) != (mode == "ppo"):
+        if (s.dpo is None) != (mode == "ppo"):
             raise RtoError(f"bench: the {mode} run has the wrong set of models")
 
 
 def _check_instrumentation(run: _Run, timer) -> None:
-    """Every scoring pass must have been seen once: otherwise score_rollout changed under the bench."""
+    """Every scoring pass must have been timed once: otherwise the iteration stopped naming one."""
     expected = [p for p in SCORE_PASSES if p != "dpo" or run.mode != "ppo"]
     missing = [p for p in expected if timer.calls.get(f"score.{p}") != 1]
     if missing:
         raise RtoError(
-            f"bench: could not time the {', '.join(missing)} pass(es) of score_rollout ({run.mode}); "
-            "rto.bench._instrument_scoring must follow the trainer's scoring functions"
+            f"bench: could not time the {', '.join(missing)} pass(es) of score_rollout ({run.mode}): "
+            "each scoring pass of ppo_iteration must run under its observer phase 'score.<pass>'"
         )
 
 

@@ -107,34 +107,6 @@ class Samples:
     extra: dict = field(default_factory=dict)
 
 
-@torch.inference_mode()
-def _logps_sum(model, ids, attn, P, mask, temperature) -> torch.Tensor:
-    from rto import models
-
-    lp = models.response_token_logps(model, ids, attn, temperature)[:, P - 1 :]
-    return (lp * mask).sum(-1)
-
-
-@torch.inference_mode()
-def rm_scores_for(rm, rm_tok, same_tokens: bool, ids, attn, prompts, texts, ended) -> torch.Tensor:
-    """Raw RM score of each (prompt, response); re-tokenized when the RM has its own tokenizer."""
-    from rto import models
-    from rto.data.collate import pad_sequences
-    from rto.data.tokenize import encode_completion, encode_prompt
-
-    if same_tokens:
-        return models.sequence_scores(rm, ids, attn)
-    seqs = []
-    for p, t, e in zip(prompts, texts, ended):
-        comp = encode_completion(rm_tok, t)
-        if not e and comp and comp[-1] == rm_tok.eos_token_id:
-            comp = comp[:-1]
-        seqs.append(encode_prompt(rm_tok, p) + comp)
-    rid = pad_sequences(seqs, rm_tok.pad_token_id, side="right")
-    ratt = pad_sequences([[1] * len(s) for s in seqs], 0, side="right")
-    return models.sequence_scores(rm, rid, ratt)
-
-
 def sample_and_score(
     engine,
     policy,
@@ -149,17 +121,16 @@ def sample_and_score(
     seed: int,
     batch_size: int,
     rm=None,
-    rm_tok=None,
-    rm_same_tokens: bool = True,
     with_kl: bool = True,
     progress=None,
 ) -> Samples:
     """Sample ``k`` responses per prompt for each of ``reps`` sampling seeds with ``engine`` (sampling
-    from ``policy``) and score them.
+    from ``policy``) and score them (``rm``: an optional `rto.scoring.RewardModel`).
 
     Sample j of prompt i under rep r uses the per-sample seed (seed + r, iteration 0, index i * k + j),
     whatever the batch, so every policy sees the same random numbers (common random numbers)."""
     from rto.engines import generate_for_prompts, sample_seeds
+    from rto.scoring import LogProbModel
 
     P_n = len(prompt_ids)
     flat = [(r, i, j) for r in range(reps) for i in range(P_n) for j in range(k)]
@@ -171,6 +142,7 @@ def sample_and_score(
     ended = np.zeros(shape, dtype=bool)
     texts: list = [[[""] * k for _ in range(P_n)] for _ in range(reps)]
     temperature = engine.settings.temperature
+    policy_lm, ref_lm = LogProbModel(policy, temperature), LogProbModel(ref, temperature)
     policy.eval()
     all_seeds = torch.stack([sample_seeds(seed + r, 0, torch.arange(P_n * k)) for r in range(reps)])
     for start in range(0, len(flat), batch_size):
@@ -184,16 +156,12 @@ def sample_and_score(
         prm = [prompts[i] for _, i, _ in chunk]
         g = gold_fn(prm, resp_texts)
         if with_kl and ref is not None and ref is not policy:
-            kls = (
-                _logps_sum(policy, full_ids, full_attn, P, mask, temperature)
-                - _logps_sum(ref, full_ids, full_attn, P, mask, temperature)
-            ).tolist()
+            lp, lp_ref = policy_lm.logps(full_ids, full_attn, P), ref_lm.logps(full_ids, full_attn, P)
+            kls = ((lp * mask).sum(-1) - (lp_ref * mask).sum(-1)).tolist()
         else:
             kls = [0.0] * len(chunk)
         if rm is not None:
-            rms = rm_scores_for(
-                rm, rm_tok, rm_same_tokens, full_ids, full_attn, prm, resp_texts, roll.ended.tolist()
-            ).tolist()
+            rms = rm.scores(full_ids, full_attn, prm, roll).tolist()
         else:
             rms = [float("nan")] * len(chunk)
         lens = (roll.response_mask.sum(-1) - roll.ended.long()).tolist()
@@ -429,25 +397,23 @@ def evaluate(
     from rto import models
     from rto.data.tokenize import tokenize_prompt
     from rto.engines import SamplingSettings, make_engine
+    from rto.scoring import RewardModel, load_frozen_lm
 
     t_start = time.perf_counter()
     tok = models.load_tokenizer(ref_model, padding_side="left")
-    ref = models.freeze(models.load_causal_lm(ref_model, tok))
-    models.disable_dropout(ref)
+    ref = load_frozen_lm(ref_model, tok)
     ref_resolved = Path(ref_model).expanduser().resolve()
     base_name = next((n for n, p in policies.items() if Path(p).expanduser().resolve() == ref_resolved), None)
     order = dict(policies)
     if base_name is None:
         base_name = "sft" if "sft" not in order else "reference"
         order = {base_name: ref_model, **order}
-    rm = rm_tok = None
-    rm_same, rm_mean, rm_std = True, 0.0, 1.0
+    rm = None
+    rm_mean, rm_std = 0.0, 1.0
     if reward_model:
-        rm_tok = models.load_tokenizer(reward_model, padding_side="right")
-        rm_same = models.same_vocabulary(tok, rm_tok)
-        rm = models.freeze(models.load_score_model(reward_model, rm_tok))
+        rm = RewardModel.load(reward_model, tok)
         try:
-            rm_mean, rm_std = models.score_stats(rm, reward_model)
+            rm_mean, rm_std = models.score_stats(rm.model, reward_model)
         except RtoError:
             log.warning("%s has no score stats: normalised RM scores equal raw ones", reward_model)
     prompt_ids = [
@@ -458,7 +424,7 @@ def evaluate(
     bar = tqdm(total=total, desc="rto eval: sampling", disable=not progress, dynamic_ncols=True)
     settings = SamplingSettings(max_new_tokens, temperature, top_p, tok.eos_token_id, tok.pad_token_id)
     common = dict(
-        reps=seeds, seed=seed, batch_size=batch_size, rm=rm, rm_tok=rm_tok, rm_same_tokens=rm_same, progress=bar
+        reps=seeds, seed=seed, batch_size=batch_size, rm=rm, progress=bar
     )  # fmt: skip
     results: dict[str, Samples] = {}
     for name, path in order.items():
@@ -469,8 +435,7 @@ def evaluate(
             models.require_same_vocabulary(
                 tok, ptok, f"reference model {ref_model}", f"policy '{name}' ({path})"
             )
-            model = models.freeze(models.load_causal_lm(path, tok))
-            models.disable_dropout(model)
+            model = load_frozen_lm(path, tok)
         sampler = make_engine(engine, model, settings)
         results[name] = sample_and_score(
             sampler, model, ref, tok, prompt_ids, prompts, gold_fn, k=k, **common

@@ -455,23 +455,9 @@ def rm_text_scores(
     rm, rm_tok, prompts: list[str], responses: list[str], batch_size: int = 128
 ) -> list[float]:
     """Raw scores of a reward model for (prompt, response) texts, tokenized with the RM's own tokenizer."""
-    import torch
+    from rto.scoring import score_texts
 
-    from rto import models
-    from rto.data.collate import pad_sequences
-    from rto.data.tokenize import encode_completion, encode_prompt
-
-    out: list[float] = []
-    for s in range(0, len(prompts), batch_size):
-        seqs = [
-            encode_prompt(rm_tok, p) + encode_completion(rm_tok, r)
-            for p, r in zip(prompts[s : s + batch_size], responses[s : s + batch_size])
-        ]
-        ids = pad_sequences(seqs, rm_tok.pad_token_id, side="right")
-        attn = pad_sequences([[1] * len(x) for x in seqs], 0, side="right")
-        with torch.inference_mode():
-            out.extend(models.sequence_scores(rm, ids, attn).tolist())
-    return out
+    return score_texts(rm, rm_tok, prompts, responses, batch_size=batch_size).tolist()
 
 
 __all__ = [

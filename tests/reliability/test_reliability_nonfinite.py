@@ -157,36 +157,53 @@ def _poison_rewards(r):
     return r
 
 
-# target to patch, calls that are poisoned (iteration 2), how, the name in the message
+def _poisoned_run(cfg, role: str, method: str, calls, **kw):
+    """A PPO run whose scoring role returns a poisoned result at the given calls (one call per iteration)."""
+    run = ppo_mod.setup_ppo(cfg)
+    scorer = getattr(run.scorers, role)
+    setattr(scorer, method, _nan_on_call(getattr(scorer, method), calls, **kw))
+    return run
+
+
+# where to inject (a scoring role of the run, or a function the trainer calls), calls that are poisoned
+# (iteration 2), how, the name in the message
 INJECTIONS = {
-    # three log-prob passes per iteration (policy, reference, DPO): call 4 is iteration 2's policy
-    "logits": ("response_logps", {4}, None, "policy log-probs"),
-    "rm score": ("sequence_scores", {2}, None, "reward-model scores"),
-    "token rewards": ("compose_token_rewards", {2}, _poison_rewards, "token rewards"),
-    "advantages": ("gae", {2}, lambda out: (out[0] * float("nan"), out[1]), "advantages"),
+    "logits": ("role", "policy.logps", {2}, None, "policy log-probs"),
+    "rm score": ("role", "reward.scores", {2}, None, "reward-model scores"),
+    "token rewards": ("function", "compose_token_rewards", {2}, _poison_rewards, "token rewards"),
+    "advantages": ("function", "gae", {2}, lambda out: (out[0] * float("nan"), out[1]), "advantages"),
     # two mini-batches per iteration: call 3 is iteration 2's first
-    "policy loss": ("ppo_policy_loss", {3}, lambda out: (out[0] * float("nan"), out[1]), "policy loss"),
+    "policy loss": (
+        "function",
+        "ppo_policy_loss",
+        {3},
+        lambda out: (out[0] * float("nan"), out[1]),
+        "policy loss",
+    ),
 }
 
 
 @pytest.mark.parametrize("fault", list(INJECTIONS))
 def test_ppo_nonfinite_is_caught_at_its_iteration(fault, world, tmp_path, monkeypatch):
-    target, calls, poison, name = INJECTIONS[fault]
-    owner = models if target == "sequence_scores" else ppo_mod
+    kind, target, calls, poison, name = INJECTIONS[fault]
     kw = {} if poison is None else {"poison": poison}
-    monkeypatch.setattr(owner, target, _nan_on_call(getattr(owner, target), calls, **kw))
     out = tmp_path / "ppo"
+    if kind == "role":
+        run = _poisoned_run(_ppo_cfg(world, out), *target.split("."), calls, **kw)
+    else:
+        monkeypatch.setattr(ppo_mod, target, _nan_on_call(getattr(ppo_mod, target), calls, **kw))
+        run = _ppo_cfg(world, out)
     with pytest.raises(NonFiniteError, match=rf"^non-finite {name} at iteration 2; stopped before updating"):
-        train_ppo(_ppo_cfg(world, out))
+        train_ppo(run)
     assert _ckpts(out) == ["step-00000001"]  # the good state before the fault
     assert [r["step"] for r in read_metrics(out)] == [1]
 
 
-def test_ppo_nan_reward_with_skip_skips_that_iteration(world, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(models, "sequence_scores", _nan_on_call(models.sequence_scores, {2}))
+def test_ppo_nan_reward_with_skip_skips_that_iteration(world, tmp_path, caplog):
     out = tmp_path / "ppo"
+    run = _poisoned_run(_ppo_cfg(world, out, on_nonfinite="skip"), "reward", "scores", {2})
     with caplog.at_level("WARNING"):
-        train_ppo(_ppo_cfg(world, out, on_nonfinite="skip"))
+        train_ppo(run)
     assert "non-finite reward-model scores at iteration 2: skipping this update" in caplog.text
     history = read_metrics(out)
     assert [r["step"] for r in history] == [1, 3]

@@ -121,7 +121,9 @@ def generate(
     response = out[:, prompt_ids.shape[1] :]
     mask, ended = response_mask_from_ids(response, s.eos_id)
     response = torch.where(mask.bool(), response, torch.full_like(response, s.pad_id))
-    return Rollout(prompt_ids, prompt_mask, response, mask, ended)
+    return Rollout(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response, response_mask=mask, ended=ended
+    )
 
 
 class HFEngine:

@@ -69,6 +69,7 @@ class Scorer:
     def __init__(self, d, world: Path, rm_dir: Path):
         from rto import models
         from rto.data.tokenize import tokenize_prompt
+        from rto.scoring import RewardModel
         from rto.stages import read_jsonl
         from rto.tasks.gold import load_gold_reward
 
@@ -76,10 +77,8 @@ class Scorer:
         self.tok = models.load_tokenizer(str(world / "sft"), padding_side="left")
         self.ref = models.freeze(models.load_causal_lm(str(world / "sft"), self.tok))
         models.disable_dropout(self.ref)
-        self.rm_tok = models.load_tokenizer(str(rm_dir), padding_side="right")
-        self.rm = models.freeze(models.load_score_model(str(rm_dir), self.rm_tok))
-        self.rm_same = models.same_vocabulary(self.tok, self.rm_tok)
-        self.rm_mean, self.rm_std = models.score_stats(self.rm, str(rm_dir))
+        self.rm = RewardModel.load(str(rm_dir), self.tok, normalize=True)
+        self.rm_mean, self.rm_std = self.rm.mean, self.rm.std
         self.prompts = [r["prompt"] for r in read_jsonl(world / "data" / "prompts_eval.jsonl")]
         self.prompt_ids = [
             tokenize_prompt(self.tok, {"prompt": p}, max_prompt_length=128)["input_ids"] for p in self.prompts
@@ -97,8 +96,7 @@ class Scorer:
         try:
             return sample_and_score(
                 engine, policy, self.ref, self.tok, self.prompt_ids, self.prompts, self.gold_fn, reps=1, k=k,
-                seed=seed, batch_size=128, rm=self.rm, rm_tok=self.rm_tok, rm_same_tokens=self.rm_same,
-                with_kl=policy is not self.ref,
+                seed=seed, batch_size=128, rm=self.rm, with_kl=policy is not self.ref,
             )  # fmt: skip
         finally:
             engine.close()

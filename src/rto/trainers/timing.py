@@ -9,12 +9,11 @@ total, so never add a phase to the phases inside it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import resource
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -50,19 +49,6 @@ class PhaseTimer:
             self.seconds[name] += time.perf_counter() - t0
             self.cpu_seconds[name] += time.process_time() - c0
             self.calls[name] += 1
-
-    def wrap(self, fn: Callable, name_of: Callable[..., str | None]) -> Callable:
-        """``fn`` timed under the phase ``name_of(*args, **kwargs)`` (untimed when that returns None)."""
-
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            name = name_of(*args, **kwargs)
-            if name is None:
-                return fn(*args, **kwargs)
-            with self.phase(name):
-                return fn(*args, **kwargs)
-
-        return timed
 
     def reset(self) -> None:
         self.seconds.clear()
