@@ -32,7 +32,7 @@ def smoke(tmp_path_factory):
     )  # fmt: skip
     threads = torch.get_num_threads()
     mp = pytest.MonkeyPatch()
-    mp.setattr(bench, "_trl_ppo", lambda: None)
+    mp.setattr(bench.trl, "_trl_ppo", lambda: None)
     try:
         result = bench.run_bench(cfg)
     finally:
@@ -133,9 +133,9 @@ def test_ratios_are_quotients_of_the_reported_times(smoke):
 
 def test_trl_absent_is_skipped_with_a_clear_message(smoke, capsys):
     result, data = smoke
-    assert data["compare"]["trl"] == {"skipped": bench.TRL_MISSING}
-    assert "trl <= 1.12.0" in bench.TRL_MISSING and "not an rto dependency" in bench.TRL_MISSING
-    assert bench.TRL_MISSING in bench.format_table(result)
+    assert data["compare"]["trl"] == {"skipped": bench.trl.TRL_MISSING}
+    assert "trl <= 1.12.0" in bench.trl.TRL_MISSING and "not an rto dependency" in bench.trl.TRL_MISSING
+    assert bench.trl.TRL_MISSING in bench.format_table(result)
 
 
 def test_trl_lookup_returns_none_when_the_package_is_missing(monkeypatch):
@@ -143,7 +143,7 @@ def test_trl_lookup_returns_none_when_the_package_is_missing(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a)
     )
-    assert bench._trl_ppo() is None
+    assert bench.trl._trl_ppo() is None
 
 
 def test_table_names_phases_and_unmet_targets(smoke):
@@ -151,7 +151,7 @@ def test_table_names_phases_and_unmet_targets(smoke):
     table = bench.format_table(result)
     for word in ("iteration", "generation", "score.dpo", "train", "RTO iteration / PPO iteration", "checks:"):
         assert word in table
-    fake = {**result, "targets": [bench._target("RTO iteration / PPO iteration", 1.32, 1.10)]}
+    fake = {**result, "targets": [bench.target("RTO iteration / PPO iteration", 1.32, 1.10)]}
     assert "NOT met, over by 20.0%" in bench.format_table(fake)
 
 

@@ -22,9 +22,7 @@ iteration and the same work for both modes.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import math
 import os
 import platform
 import shutil
@@ -38,15 +36,17 @@ from typing import Any, Literal
 
 import torch
 
+from rto.bench.report import (
+    MODES,
+    SCORE_PASSES,
+    TARGET_ITERATION_OVER_FLOOR,
+    TARGET_RTO_OVER_PPO,
+    format_table,
+    target,
+)
+from rto.bench.trl import compare_trl
+from rto.bench.world import build_world
 from rto.errors import ConfigError, RtoError
-
-MODES = ("ppo", "rto")
-TARGET_RTO_OVER_PPO = 1.10
-TARGET_ITERATION_OVER_FLOOR = 1.15
-SCORE_PASSES = ("policy", "ref", "dpo", "critic", "rm")
-
-# Fallback when rto.tasks.sentiment is unavailable: (n_embd, n_layer, n_head).
-_PRESETS_FALLBACK = {"micro": (64, 2, 2), "tiny": (128, 4, 4), "small": (256, 4, 4), "medium": (384, 8, 6)}
 
 
 @dataclass
@@ -87,83 +87,6 @@ class BenchConfig:
     """Write the full results as JSON to this file."""
     work_dir: str | None = None
     """Folder for the generated world (default: a temporary folder, removed afterwards)."""
-
-
-# ----------------------------------------------------------------------------- the world
-
-
-def _gpt2_config(tok, size: str, n_positions: int):
-    try:
-        from rto.tasks.sentiment import tiny_gpt2_config
-    except ImportError:
-        tiny_gpt2_config = None
-    if tiny_gpt2_config is not None:
-        return tiny_gpt2_config(tok, size, n_positions=n_positions)
-    from transformers import GPT2Config
-
-    n_embd, n_layer, n_head = _PRESETS_FALLBACK[size]
-    return GPT2Config(
-        vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-
-
-def _texts(n: int, seed: int) -> list[str]:
-    try:
-        from rto.tasks.sentiment import generate_reviews
-    except ImportError:
-        generate_reviews = None
-    if generate_reviews is not None:
-        return generate_reviews(n, seed=seed)
-    import random
-
-    rng = random.Random(seed)
-    words = "the movie film story acting music was great awful fine boring lovely and but very".split()
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(12, 30))) + "." for _ in range(n)]
-
-
-def build_world(cfg: BenchConfig, root: Path) -> dict[str, Any]:
-    """Tokenizer, SFT / DPO / RM folders and a prompt file under ``root``; returns paths and sizes."""
-    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
-
-    from rto.models import SCORE_MEAN_KEY, SCORE_STD_KEY
-    from rto.tasks.tokenizer import train_bpe_tokenizer
-
-    texts = _texts(2000, cfg.seed)
-    tok = train_bpe_tokenizer(texts, vocab_size=cfg.vocab_size)
-    n_positions = max(128, cfg.prompt_length + cfg.max_new_tokens)
-    gcfg = _gpt2_config(tok, cfg.model_size, n_positions)
-    torch.manual_seed(cfg.seed)
-    sft = GPT2LMHeadModel(gcfg)
-    dpo = GPT2LMHeadModel(gcfg)
-    dpo.load_state_dict(sft.state_dict())
-    with torch.no_grad():  # a DPO model is the SFT model moved a little
-        for p in dpo.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    gcfg.num_labels = 1
-    rm = GPT2ForSequenceClassification(gcfg)
-    setattr(rm.config, SCORE_MEAN_KEY, 0.0)
-    setattr(rm.config, SCORE_STD_KEY, 1.0)
-    for name, model in (("sft", sft), ("dpo", dpo), ("rm", rm)):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-    # Prompts: the first prompt_length tokens of held-out reviews, so every prompt has the same length.
-    prompts = []
-    for text in _texts(4 * cfg.rollout_batch_size, cfg.seed + 1):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= cfg.prompt_length:
-            prompts.append(tok.decode(ids[: cfg.prompt_length]))
-    if len(prompts) < cfg.rollout_batch_size:
-        raise ConfigError(
-            f"field 'prompt_length' ({cfg.prompt_length}) is longer than most generated reviews; use fewer tokens"
-        )
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    return {
-        "root": root,
-        "vocab": len(tok),
-        "params": sum(p.numel() for p in sft.parameters()),
-        "n_prompts": len(prompts),
-    }
 
 
 def _ppo_config(cfg: BenchConfig, root: Path, mode: str):
@@ -424,16 +347,6 @@ def summarize_mode(run: _Run, how: str = "min") -> dict[str, Any]:
     }
 
 
-def _target(name: str, value: float, limit: float) -> dict[str, Any]:
-    return {
-        "name": name,
-        "value": value,
-        "limit": limit,
-        "met": value <= limit,
-        "over_by_pct": max(0.0, (value / limit - 1.0) * 100.0),
-    }
-
-
 def _machine(device) -> dict[str, Any]:
     import transformers
 
@@ -573,13 +486,13 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 "rto_iteration_over_floor": modes["rto"]["iteration_over_floor_cpu"],
             },
             "targets": [
-                _target("RTO iteration / PPO iteration", rto_over_ppo, TARGET_RTO_OVER_PPO),
-                _target(
+                target("RTO iteration / PPO iteration", rto_over_ppo, TARGET_RTO_OVER_PPO),
+                target(
                     "PPO iteration / compute floor",
                     modes["ppo"]["iteration_over_floor"],
                     TARGET_ITERATION_OVER_FLOOR,
                 ),
-                _target(
+                target(
                     "RTO iteration / compute floor",
                     modes["rto"]["iteration_over_floor"],
                     TARGET_ITERATION_OVER_FLOOR,
@@ -639,179 +552,6 @@ def _check_instrumentation(run: _Run, timer) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- peer comparison
-
-TRL_MISSING = (
-    "skipped --compare trl: the 'trl' package with its experimental PPO trainer is not importable here "
-    "(it exists in trl <= 1.12.0; install it in a separate environment, it is not an rto dependency)"
-)
-
-
-def _trl_ppo():
-    """(PPOConfig, PPOTrainer) from trl, or None when trl or its PPO trainer is absent."""
-    if importlib.util.find_spec("trl") is None:
-        return None
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    for module in ("trl.experimental.ppo", "trl"):
-        try:
-            mod = importlib.import_module(module)
-            return mod.PPOConfig, mod.PPOTrainer
-        except (ImportError, AttributeError):
-            continue
-    return None
-
-
-def compare_trl(cfg: BenchConfig, root: Path, items: list[dict], ppo_iteration_s: float) -> dict[str, Any]:
-    """Time TRL's PPO on the same world: same models, batch, mini-batch, response length and epochs."""
-    found = _trl_ppo()
-    if found is None:
-        print(TRL_MISSING)
-        return {"skipped": TRL_MISSING}
-    TrlPPOConfig, TrlPPOTrainer = found
-    import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
-
-    from rto import models
-
-    tok = models.load_tokenizer(str(root / "sft"), padding_side="left")
-    stamps: list[float] = []
-
-    class Stamp(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
-
-    n_updates = cfg.warmup_iterations + cfg.iterations
-    B = cfg.rollout_batch_size
-    args = TrlPPOConfig(
-        output_dir=str(root / "out_trl"), per_device_train_batch_size=B,
-        gradient_accumulation_steps=1, num_mini_batches=B // cfg.mini_batch_size,
-        local_rollout_forward_batch_size=B, total_episodes=n_updates * B, response_length=cfg.max_new_tokens,
-        num_ppo_epochs=cfg.ppo_epochs, stop_token="eos", temperature=1.0, learning_rate=5e-7, kl_coef=0.01,
-        num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=10**6, bf16=False, fp16=False,
-        gradient_checkpointing=False, seed=cfg.seed, dataloader_drop_last=True,
-    )  # fmt: skip
-    dataset = Dataset.from_dict({"input_ids": [x["input_ids"] for x in items]})
-    trainer = TrlPPOTrainer(
-        args=args,
-        processing_class=tok,
-        model=AutoModelForCausalLM.from_pretrained(root / "sft"),
-        ref_model=AutoModelForCausalLM.from_pretrained(root / "sft"),
-        reward_model=AutoModelForSequenceClassification.from_pretrained(root / "rm", num_labels=1),
-        value_model=AutoModelForSequenceClassification.from_pretrained(root / "rm", num_labels=1),
-        train_dataset=dataset,
-        callbacks=[Stamp()],
-    )
-    trainer.train()
-    per_update = [b - a for a, b in zip(stamps, stamps[1:])][cfg.warmup_iterations :]
-    if not per_update:
-        return {"skipped": "trl ran no measured update", "trl_version": trl.__version__}
-    trl_s = _mean(per_update)
-    return {
-        "trl_version": trl.__version__,
-        "trl_iteration_s": trl_s,
-        "trl_iteration_s_each": per_update,
-        "rto_ppo_iteration_s": ppo_iteration_s,
-        "rto_ppo_over_trl": ppo_iteration_s / trl_s,
-        "note": "TRL's PPO (reward_mode=ppo equivalent) on the same models and shapes, run after the "
-        "alternating measurement; TRL takes the policy log-probs from generate's logits (no policy "
-        "scoring pass) and always samples with top_k=0.",
-    }
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def _fmt(x: float, unit: str = "") -> str:
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.3f}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """A plain-text report: per-phase seconds and tokens/s per mode, the floor, ratios and targets."""
-    modes = result["modes"]
-    m = result["model"]
-    sh = result["shapes"]
-    lines = [
-        f"rto bench: GPT-2 '{m['size']}' ({m['params'] / 1e6:.2f}M params, vocab {m['vocab']}), batch {sh['batch']}, "
-        f"prompt {sh['prompt_tokens']} + response {sh['max_new_tokens']} tokens, mini-batch {sh['mini_batch']}, "
-        f"{sh['ppo_epochs']} epoch(s); device {result['machine']['device']}, "
-        f"{result['machine']['torch_threads']} threads; {result['config']['iterations']} measured iteration(s) "
-        f"per mode; load avg {result['machine']['load_avg_start']} -> {result['machine']['load_avg_end']}",
-        "",
-        f"{'phase':<16}{'ppo s':>9}{'rto s':>9}{'ppo tok/s':>11}{'rto tok/s':>11}{'floor ppo':>11}{'floor rto':>11}",
-    ]
-    names = [
-        "generation",
-        "score",
-        *(f"score.{p}" for p in SCORE_PASSES),
-        "score.other",
-        "targets",
-        "train",
-        "other",
-    ]
-    for name in ["iteration", *names]:
-        row = f"{name:<16}"
-        for mode in MODES:
-            v = modes[mode]["iteration_s"] if name == "iteration" else modes[mode]["phases_s"].get(name)
-            row += f"{_fmt(v) if v is not None else '-':>9}"
-        for mode in MODES:
-            v = modes[mode]["tokens_per_s"].get(name)
-            row += f"{_fmt(v) if v is not None else '':>11}"
-        for mode in MODES:
-            key = "total" if name == "iteration" else name
-            v = modes[mode]["floor_s"].get(key)
-            row += f"{_fmt(v) if v is not None else '':>11}"
-        lines.append(row)
-    lines.append("")
-    for mode in MODES:
-        pf = modes[mode]["phase_over_floor"]
-        mem = modes[mode]["peak_memory_mb"]
-        mem_txt = ", ".join(f"{k.replace('_mb', '')} {v:.0f} MB" for k, v in mem.items() if k.endswith("_mb"))
-        lines.append(
-            f"{mode}: iteration / floor {modes[mode]['iteration_over_floor']:.3f} (generation {pf['generation']:.3f}, "
-            f"scoring {pf['score']:.3f}, training {pf['train']:.3f}); peak {mem_txt}; "
-            f"models + optimizer states {modes[mode]['model_and_optimizer_mb']:.0f} MB"
-        )
-    lines.append("")
-    for t in result["targets"]:
-        verdict = "met" if t["met"] else f"NOT met, over by {t['over_by_pct']:.1f}%"
-        lines.append(f"{t['name']:<32} {t['value']:.3f}  (target <= {t['limit']:.2f})  {verdict}")
-    rs = result["ratios_from_phase_sums"]
-    lines.append(
-        f"the DPO scoring pass = {100 * result['dpo_pass_over_ppo_iteration']:.1f}% of a PPO iteration"
-    )
-    lines.append(
-        f"from sums of per-phase {result['config']['statistic']}s: RTO/PPO {rs['rto_over_ppo']:.3f}, "
-        f"PPO/floor {rs['ppo_iteration_over_floor']:.3f}, RTO/floor {rs['rto_iteration_over_floor']:.3f}"
-    )
-    rc = result["ratios_cpu"]
-    lines.append(
-        f"same ratios in process CPU time (less disturbed by other jobs): RTO/PPO {rc['rto_over_ppo']:.3f}, "
-        f"PPO/floor {rc['ppo_iteration_over_floor']:.3f}, RTO/floor {rc['rto_iteration_over_floor']:.3f}"
-    )
-    ck = result["checks"]
-    lines.append(
-        f"checks: generation stops when every row ended: {ck['generation_stops_when_all_ended']}; scoring under "
-        f"inference mode: {ck['scoring_under_inference_mode']}; tokenizer calls in the hot path: "
-        f"{ck['tokenizer_calls_in_hot_path']}"
-    )
-    trl_res = result.get("compare", {}).get("trl")
-    if trl_res is not None:
-        if "skipped" in trl_res:
-            lines.append(trl_res["skipped"])
-        else:
-            lines.append(
-                f"trl {trl_res['trl_version']} PPO: {trl_res['trl_iteration_s']:.3f} s/iteration; rto ppo / trl = "
-                f"{trl_res['rto_ppo_over_trl']:.3f}"
-            )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m rto.bench``: the same as ``rto bench``."""
     from rto.cli import main as cli_main
@@ -819,5 +559,4 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["BenchConfig", "build_world", "format_table", "run_bench", "summarize_mode"]
