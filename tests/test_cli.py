@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from rto.cli import COMMANDS, main, parse_config, split_config_flag
+from rto.cli import COMMANDS, _load, main, parse_config, split_config_flag
 from rto.config import DPOConfig, PPOConfig, SFTConfig, load_yaml_config
 from rto.errors import ConfigError
 from tests.trainers.helpers import read_metrics, sft_rows, write_jsonl
@@ -65,7 +65,7 @@ def test_invalid_values_are_named(tmp_path, capsys):
     assert "field 'beta1' must be >= 0" in capsys.readouterr().err
 
 
-def test_sft_from_the_command_line(tmp_path, tiny_model_dir):
+def test_sft_from_the_command_line(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(16))
     out = tmp_path / "out"
     code = main(["sft", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out),
@@ -73,13 +73,71 @@ def test_sft_from_the_command_line(tmp_path, tiny_model_dir):
     assert code == 0
     assert len(read_metrics(out)) == 2
     saved = yaml.safe_load((out / "rto_config.yaml").read_text())
-    assert saved["stage"] == "SFTConfig" and saved["max_steps"] == 2
+    assert saved["stage"] == "sft" and saved["max_steps"] == 2
     # the saved config reproduces the run's config
-    del saved["stage"]
-    assert load_yaml_config(SFTConfig, _dump(tmp_path, saved)) == SFTConfig(**saved)
+    assert load_yaml_config(SFTConfig, out / "rto_config.yaml") == SFTConfig(
+        **{k: v for k, v in saved.items() if k != "stage"}
+    )
+    # ... and is a valid --config for the same command, and a named mistake for another one
+    again = tmp_path / "again"
+    assert main(["sft", "--config", str(out / "rto_config.yaml"), "--output-dir", str(again)]) == 0
+    resaved = yaml.safe_load((again / "rto_config.yaml").read_text())
+    assert {**resaved, "output_dir": None} == {**saved, "output_dir": None}
+    assert main(["dpo", "--config", str(out / "rto_config.yaml")]) == 2
+    assert "this is a config of `rto sft`" in capsys.readouterr().err
 
 
-def _dump(tmp_path, data):
-    p = tmp_path / "again.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return p
+def test_no_command_is_an_error(capsys):
+    assert main([]) == 2
+    assert "no command given" in capsys.readouterr().err
+    assert subprocess.run([sys.executable, "-m", "rto.cli"], capture_output=True).returncode == 2
+
+
+def test_missing_required_options_are_named_at_once(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sft"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert all(f"--{n}" in err for n in ("model", "data", "output-dir"))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_help_is_consistent(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # one help entry per line
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert f"rto {command} --config FILE.yaml" in out
+    assert "{None,True,False}" not in out and "{True,False}" not in out  # switches are --x/--no-x
+    required = getattr(_load(COMMANDS[command].config), "required", ())
+    assert out.count("(required)") == len(required)  # not "(default: '')"
+    if command == "ppo":  # a default holding a newline would break the help box
+        assert r"(default: '.!?\n')" in out
+
+
+def test_help_shows_only_the_columns_of_the_stage(capsys):
+    for command, absent, present in (("sft", "--chosen-column", "--completion-column"),
+                                     ("ppo", "--completion-column", "--prompt-column"),
+                                     ("dpo", "--text-column", "--rejected-column")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert absent not in out and present in out
+
+
+def test_trl_option_names_are_accepted(tmp_path):
+    cfg = parse_config(SFTConfig, ["--model_name_or_path", "m", "--dataset_name", "d.jsonl", "--output_dir", "o",
+                                   "--num_train_epochs", "3", "--per_device_train_batch_size=4", "--bf16",
+                                   "--use_peft", "--lr_scheduler_type", "linear"], prog="rto sft")  # fmt: skip
+    assert (cfg.model, cfg.data, cfg.output_dir, cfg.num_epochs) == ("m", "d.jsonl", "o", 3.0)
+    assert cfg.per_device_batch_size == 4 and cfg.mixed_precision == "bf16" and cfg.lora
+    assert cfg.lr_scheduler == "linear"
+    cfg = parse_config(PPOConfig, ["--model_name_or_path", "p", "--dataset_name", "x", "--output-dir", "o",
+                                   "--kl_coef", "0.1", "--response_length", "20"], prog="rto ppo")  # fmt: skip
+    assert (cfg.policy, cfg.prompts, cfg.beta2, cfg.max_new_tokens) == ("p", "x", 0.1, 20)
+
+
+def test_unknown_options_get_rto_names(capsys):
+    assert main(["sft", "--model", "m", "--learnig-rate", "1", "--bogus", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown options: --learnig-rate (did you mean --learning-rate?), --bogus" in err

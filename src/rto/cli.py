@@ -7,6 +7,7 @@ A YAML file gives the config; flags override it. Each command's --help lists its
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import logging
@@ -107,20 +108,119 @@ def split_config_flag(args: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
+# Option names TRL users type, accepted for the rto field they mean (where the command has that field).
+TRL_ALIASES: dict[str, tuple[str, ...]] = {
+    "model_name_or_path": ("model", "policy"),
+    "sft_model_path": ("policy",),
+    "reward_model_path": ("reward_model",),
+    "dataset_name": ("data", "prompts"),
+    "dataset_config": ("data_subset",),
+    "dataset_train_split": ("split",),
+    "dataset_text_field": ("text_column",),
+    "num_train_epochs": ("num_epochs",),
+    "per_device_train_batch_size": ("per_device_batch_size",),
+    "lr_scheduler_type": ("lr_scheduler",),
+    "use_peft": ("lora",),
+    "kl_coef": ("beta2",),
+    "num_ppo_epochs": ("ppo_epochs",),
+    "cliprange": ("clip_eps",),
+    "cliprange_value": ("value_clip",),
+    "response_length": ("max_new_tokens",),
+    "max_completion_length": ("max_new_tokens",),
+    "num_generations": ("num_samples_per_prompt",),
+}
+
+
+def _option_name(arg: str) -> str | None:
+    """'--num_train_epochs=3' -> 'num_train_epochs'; None for a value or a short flag."""
+    if not arg.startswith("--") or len(arg) == 2:
+        return None
+    return arg[2:].split("=", 1)[0].replace("-", "_")
+
+
+def translate_aliases(cls: type, args: list[str]) -> list[str]:
+    """TRL's option names (and --bf16/--fp16) rewritten to this command's own options."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out = []
+    for arg in args:
+        name = _option_name(arg)
+        if name in ("bf16", "fp16") and "mixed_precision" in fields and "=" not in arg:
+            out += ["--mixed-precision", name]
+            continue
+        no = name[3:] if name and name.startswith("no_") else None
+        for key, prefix in ((name, "--"), (no, "--no-")):
+            target = next((t for t in TRL_ALIASES.get(key or "", ()) if t in fields), None)
+            if key and key not in fields and target:
+                value = arg.split("=", 1)[1:] if "=" in arg else []
+                arg = "=".join([prefix + target.replace("_", "-"), *value])
+                break
+        out.append(arg)
+    return out
+
+
+def check_options(cls: type, args: list[str], prog: str) -> None:
+    """Every unknown option at once, each with rto's closest name (before tyro, whose message has none)."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    known = set(fields) | {f"no_{n}" for n in fields} | {"help"}
+    unknown = [a for a in args if (n := _option_name(a)) is not None and n not in known]
+    if unknown:
+        hints = []
+        for a in unknown:
+            close = difflib.get_close_matches(_option_name(a) or "", fields, n=1, cutoff=0.6)
+            hints.append(
+                a.split("=", 1)[0] + (f" (did you mean --{close[0].replace('_', '-')}?)" if close else "")
+            )
+        raise RtoError(
+            f"unknown option{'s' if len(hints) > 1 else ''}: {', '.join(hints)}; `{prog} --help` lists the options"
+        )
+
+
 def parse_config(cls: type, args: list[str], prog: str):
-    """YAML defaults (if --config) overridden by flags, parsed by tyro from the dataclass."""
+    """YAML defaults (if --config) overridden by flags, parsed by tyro from the dataclass.
+
+    Required fields that the YAML file does not set are left for tyro to ask for (all missing ones are
+    named at once, and --help shows them as required); fields typed ``bool | None`` whose value the
+    config resolves (the demo's presets) are shown and parsed as --flag/--no-flag."""
     import tyro
 
     from rto.config import load_yaml_config
 
     path, rest = split_config_flag(args)
+    rest = translate_aliases(cls, rest)
+    if "-h" not in rest and "--help" not in rest:
+        check_options(cls, rest, prog)
     default = load_yaml_config(cls, path) if path else cls()
-    return tyro.cli(cls, args=rest, default=default, prog=prog, description=(cls.__doc__ or "").strip())
+    if hasattr(default, "cli_defaults"):
+        default = default.cli_defaults(rest)
+    flags = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if isinstance(getattr(default, f.name), bool) and "None" in str(f.type) and "bool" in str(f.type)
+    ]
+    parse_cls = cls
+    if flags:
+        fields = [(n, bool, dataclasses.field(default=getattr(default, n))) for n in flags]
+        parse_cls = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+        parse_cls.__doc__ = cls.__doc__
+    values = {f.name: getattr(default, f.name) for f in dataclasses.fields(cls) if f.init}
+    for name in getattr(cls, "required", ()):
+        if not values[name]:
+            values[name] = tyro.MISSING
+    default = parse_cls(**values)
+    description = (cls.__doc__ or "").strip() + (
+        f"\n\nOptions can also come from a YAML file of field: value: {prog} --config FILE.yaml [options] "
+        "(options given too override it; the rto_config.yaml a run writes is such a file)."
+    )
+    parsed = tyro.cli(parse_cls, args=rest, default=default, prog=prog, description=description)
+    return cls(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(cls) if f.init})
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        print(f"rto: no command given\n\n{usage()}", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):

@@ -1,8 +1,16 @@
-"""One dataclass per stage, a docstring per field.
+"""One dataclass per stage, a docstring per field, and a `validate()` per config.
 
 Configs are read from an optional YAML file (``--config run.yaml``) and then overridden by command-line
 flags; ``tyro`` does the command-line part (flags are the field names with dashes: ``--reward-mode``).
-Field docstrings are the ``--help`` text. The resolved config is written next to the outputs.
+Field docstrings are the ``--help`` text, one line each (tyro keeps a docstring's line breaks). The
+resolved config is written beside the outputs as ``rto_config.yaml`` and is a valid ``--config`` for the
+same command.
+
+Settings shared by several commands live in one group each (a mixin dataclass): ``RunConfig`` (output
+folder, seeding, checkpoints, logging), the column names, ``LoraOptions``, ``OptimOptions`` and
+``GenerationOptions`` (engine, response length, temperature, top-p, samples per prompt: used by `rto
+ppo`, `rto eval`, `rto label` and `rto demo`). Each config's ``validate()`` checks everything that can
+be checked before a model is loaded and reports every missing required field at once.
 """
 
 from __future__ import annotations
@@ -15,27 +23,33 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from rto.errors import ConfigError
 
+# ----------------------------------------------------------------------------- groups of fields
+
 
 @dataclass
 class RunConfig:
-    """Fields every stage shares: where outputs go, seeding, logging, checkpoints."""
+    """Fields every training stage shares: where outputs go, seeding, logging, checkpoints."""
 
     output_dir: str = ""
-    """Folder for the trained model, metrics.jsonl, config.yaml and checkpoints (required)."""
+    """Folder for the trained model, metrics.jsonl, rto_config.yaml and checkpoints/."""
+    overwrite_output_dir: bool = False
+    """Train into a folder that holds the outputs of an earlier run, replacing them (its checkpoints are deleted)."""
     seed: int = 0
     """Seed for data order, initialisation and sampling."""
+    threads: int = 0
+    """torch CPU threads per process (0: torch's default, all cores). On a small or shared CPU 1 is often fastest."""
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     """Experiment tracker used through accelerate (metrics.jsonl is always written)."""
     logging_steps: int = 1
     """Log metrics every this many optimizer steps (PPO: iterations)."""
     save_steps: int = 0
-    """Write a resumable checkpoint every this many optimizer steps (PPO: iterations); 0 = only at the end."""
+    """Write a resumable checkpoint every this many optimizer steps (PPO: iterations); 0: none during training (the final model is always saved, and Ctrl-C still checkpoints)."""
     save_total_limit: int = 2
     """Keep at most this many checkpoints (oldest are deleted after a new one is complete)."""
     resume: bool = False
@@ -52,31 +66,53 @@ class RunConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """What to do when a loss, reward, advantage or gradient is NaN/inf: stop, or skip that update."""
     max_consecutive_skips: int = 20
-    """With on_nonfinite=skip: stop when this many updates in a row were skipped (a run that only skips
-    trains nothing); 0 never stops."""
+    """With on_nonfinite=skip: stop when this many updates in a row were skipped (0: never stop)."""
     deterministic: bool = False
-    """Use deterministic GPU kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG):
-    bitwise-repeatable GPU runs, somewhat slower (CPU runs are deterministic anyway)."""
+    """Deterministic GPU kernels: bitwise-repeatable GPU runs, somewhat slower (CPU runs are deterministic anyway)."""
     progress: bool = True
-    """Show progress bars."""
+    """Show a progress bar (only on a terminal); --no-progress also keeps library logs to warnings."""
+
+    def check_run(self, problems: list[str]) -> None:
+        _finite_numbers(self, problems)
+        _output_not_an_input(self, problems)
+        check_positive(self, problems, "save_total_limit", "logging_steps")
+        check_positive(self, problems, "save_steps", "threads", "max_consecutive_skips", allow_zero=True)
+        if self.resume and self.overwrite_output_dir:
+            problems.append(
+                "fields 'resume' and 'overwrite_output_dir' exclude each other: continue the run or replace it"
+            )
 
 
 @dataclass
-class DataColumns:
-    """Column names of the input data (TRL's names by default); change them to read other layouts."""
+class PromptColumns:
+    """Column names of prompt data (TRL's names by default)."""
+
+    prompt_column: str = "prompt"
+    """Column with prompts (a string or a list of chat messages)."""
+    messages_column: str = "messages"
+    """Column with whole conversations (list of {role, content}); the final assistant turn is dropped."""
+
+
+@dataclass
+class CompletionColumns(PromptColumns):
+    """Column names of SFT data (TRL's names by default)."""
 
     text_column: str = "text"
-    """Column with whole texts (SFT, plain language modelling)."""
-    prompt_column: str = "prompt"
-    """Column with prompts (string or list of chat messages)."""
+    """Column with whole texts (plain language modelling)."""
     completion_column: str = "completion"
-    """Column with completions (SFT prompt/completion format)."""
-    messages_column: str = "messages"
-    """Column with whole conversations (list of {role, content})."""
+    """Column with completions (prompt/completion format)."""
+
+
+@dataclass
+class PreferenceColumns:
+    """Column names of preference data (TRL's names by default)."""
+
+    prompt_column: str = "prompt"
+    """Column with prompts (absent: the shared start of chosen and rejected is the prompt)."""
     chosen_column: str = "chosen"
-    """Column with the preferred response (preference data)."""
+    """Column with the preferred response (a string or a list of chat messages)."""
     rejected_column: str = "rejected"
-    """Column with the dispreferred response (preference data)."""
+    """Column with the dispreferred response (a string or a list of chat messages)."""
 
 
 @dataclass
@@ -84,7 +120,7 @@ class LoraOptions:
     """LoRA adapters through peft."""
 
     lora: bool = False
-    """Train LoRA adapters instead of the full model."""
+    """Train LoRA adapters instead of the full model (needs peft: pip install peft)."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -93,6 +129,11 @@ class LoraOptions:
     """Dropout on the LoRA path."""
     lora_target_modules: str = "all-linear"
     """Comma-separated module names to adapt, or "all-linear"."""
+
+    def check_lora(self, problems: list[str]) -> None:
+        if self.lora:
+            check_positive(self, problems, "lora_r", "lora_alpha")
+            check_range(self, problems, "lora_dropout", 0.0, 1.0)
 
 
 @dataclass
@@ -116,15 +157,48 @@ class OptimOptions:
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
 
+    def check_optim(self, problems: list[str]) -> None:
+        check_range(self, problems, "adam_beta1", 0.0, 1.0)
+        check_range(self, problems, "adam_beta2", 0.0, 1.0)
+        check_range(self, problems, "warmup_ratio", 0.0, 1.0)
+        check_positive(self, problems, "adam_eps", "weight_decay", "max_grad_norm", allow_zero=True)
+
 
 @dataclass
-class TrainStageConfig(RunConfig, DataColumns, LoraOptions, OptimOptions):
+class GenerationOptions:
+    """How responses are sampled (`rto ppo`, `rto eval`, `rto label`, `rto demo`)."""
+
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: hf (Hugging Face generate on the live policy) or vllm (needs the vllm package)."""
+    max_new_tokens: int = 64
+    """Longest response in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities (PPO's ratio and KL, eval's KL) use the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    num_samples_per_prompt: int = 1
+    """Responses sampled per prompt."""
+
+    def check_generation(self, problems: list[str], greedy_allowed: bool = False) -> None:
+        check_positive(self, problems, "max_new_tokens", "num_samples_per_prompt")
+        check_positive(self, problems, "temperature", allow_zero=greedy_allowed)
+        if not 0 < self.top_p <= 1:
+            problems.append(f"field 'top_p' must be in (0, 1], got {self.top_p}")
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+@dataclass
+class TrainStageConfig(RunConfig, LoraOptions, OptimOptions):
     """Shared by the supervised stages (sft, rm, dpo)."""
 
+    required: ClassVar[tuple[str, ...]] = ("model", "data", "output_dir")
+
     model: str = ""
-    """Hugging Face hub id or local folder of the starting model (required)."""
+    """Hugging Face hub id or local folder of the starting model."""
     data: str = ""
-    """Local .json/.jsonl/.parquet/.csv file, a saved datasets folder, or a hub dataset name (required)."""
+    """Local .json/.jsonl/.parquet/.csv file, a saved datasets folder, or a hub dataset name."""
     split: str = "train"
     """Dataset split to read."""
     data_subset: str | None = None
@@ -144,9 +218,25 @@ class TrainStageConfig(RunConfig, DataColumns, LoraOptions, OptimOptions):
     disable_dropout: bool = False
     """Turn dropout off in the trained model."""
 
+    def validate(self) -> None:
+        """Raise a ConfigError listing every problem of this config (missing fields first)."""
+        raise_problems(self.problems())
+
+    def problems(self) -> list[str]:
+        problems = missing_required(self, self.required)
+        self.check_run(problems)
+        self.check_lora(problems)
+        self.check_optim(problems)
+        check_positive(self, problems, "max_length", "per_device_batch_size", "gradient_accumulation_steps")
+        check_positive(self, problems, "learning_rate")
+        check_positive(self, problems, "num_epochs", allow_zero=True)
+        if self.max_steps <= 0 and self.num_epochs <= 0:
+            problems.append("one of 'num_epochs' or 'max_steps' must be > 0")
+        return problems
+
 
 @dataclass
-class SFTConfig(TrainStageConfig):
+class SFTConfig(TrainStageConfig, CompletionColumns):
     """Supervised fine-tuning: next-token loss on completion tokens only."""
 
     learning_rate: float = 2e-5
@@ -154,12 +244,11 @@ class SFTConfig(TrainStageConfig):
 
 
 @dataclass
-class PreferenceOptions:
+class PreferenceOptions(PreferenceColumns):
     """Preference data (reward model and DPO)."""
 
     identical_pairs: Literal["error", "drop"] = "error"
-    """A row whose chosen equals its rejected expresses no preference: an error naming the row, or drop
-    such rows (their number is logged)."""
+    """A row whose chosen equals its rejected expresses no preference: an error naming the row, or drop such rows (their number is logged)."""
 
 
 @dataclass
@@ -169,10 +258,14 @@ class RewardConfig(TrainStageConfig, PreferenceOptions):
     learning_rate: float = 1e-5
     """Peak learning rate."""
     center_rewards_coefficient: float = 0.0
-    """Optional penalty coef * mean over pairs of (r_chosen + r_rejected)^2, as TRL: keeps scores centred
-    on zero without shrinking the chosen-rejected margin (0 disables)."""
+    """Optional penalty coef * mean over pairs of (r_chosen + r_rejected)^2, as TRL: keeps scores centred on zero without shrinking the chosen-rejected margin (0 disables)."""
     disable_dropout: bool = True
     """Turn dropout off: scores are then the same in training and in use."""
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        check_positive(self, problems, "center_rewards_coefficient", allow_zero=True)
+        return problems
 
 
 @dataclass
@@ -198,29 +291,41 @@ class DPOConfig(TrainStageConfig, PreferenceOptions):
     tdpo_alpha: float = 0.5
     """TDPO2 weight of the sequential-KL term."""
     ipo_per_token: bool = False
-    """IPO on per-token averaged log-ratios (the IPO authors' experiments, TRL) instead of summed ones (the
-    IPO paper's equation; default: beta then means what it means for DPO, and the model's per-token
-    log-ratios, RTO's token reward, are on the same scale as the other losses')."""
+    """IPO on per-token averaged log-ratios (the IPO authors' experiments, TRL) instead of summed ones (the IPO paper's equation; default: beta then means what it means for DPO, and the model's per-token log-ratios, RTO's token reward, are on the same scale as the other losses')."""
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        check_positive(self, problems, "beta")
+        if not 0 <= self.label_smoothing < 0.5:
+            problems.append(f"field 'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
+        return problems
+
+
+# Reward modes that use the DPO model's log-ratio (weighted by beta1), and those that use the reward model.
+DPO_REWARD_MODES = ("rto", "semi-rto", "ddpo", "rs-ppo", "dpo-only")
+RM_REWARD_MODES = ("ppo", "rto", "semi-rto", "ddpo", "rs-ppo")
 
 
 @dataclass
-class PPOConfig(RunConfig, DataColumns, LoraOptions):
+class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions):
     """PPO with token-wise rewards (RTO and the paper's variants)."""
+
+    required: ClassVar[tuple[str, ...]] = ("policy", "prompts", "output_dir")
 
     # --- models ---
     policy: str = ""
-    """Starting policy (the SFT model): hub id or folder (required)."""
+    """Starting policy (the SFT model): hub id or folder."""
     ref_model: str | None = None
     """Reference policy for the KL penalty and the DPO log-ratio; default: the policy."""
     reward_model: str | None = None
-    """Bradley-Terry reward model folder (required unless reward_mode is dpo-only)."""
+    """Reward model folder written by `rto rm` (required unless reward_mode is dpo-only)."""
     dpo_model: str | None = None
-    """DPO model whose log-ratio to the reference is the dense token reward (required for rto-like modes)."""
+    """DPO model whose log-ratio to the reference is the dense token reward (required unless reward_mode is ppo)."""
     critic: str | None = None
     """Critic initialisation; default: the reward model (backbone and value head)."""
     # --- data ---
     prompts: str = ""
-    """Prompt data: file or hub dataset with a prompt (or messages) column (required)."""
+    """Prompt data: file, saved datasets folder or hub dataset with a prompt (or messages) column."""
     split: str = "train"
     """Dataset split to read."""
     data_subset: str | None = None
@@ -231,11 +336,11 @@ class PPOConfig(RunConfig, DataColumns, LoraOptions):
     """Over-long prompts: truncate (keep the end) or drop."""
     # --- reward ---
     reward_mode: Literal["ppo", "rto", "semi-rto", "ddpo", "rs-ppo", "dpo-only"] = "rto"
-    """How per-token rewards are built (SPEC section 2)."""
+    """How per-token rewards are built: ppo (KL + RM score at the end), rto (+ DPO log-ratio at every token), semi-rto, ddpo, rs-ppo, dpo-only (see the README)."""
     beta1: float = 0.05
-    """Weight of the DPO token reward log pi_dpo - log pi_ref."""
-    beta2: float = 0.01
-    """Per-token KL penalty coefficient (initial value when adaptive_kl is on)."""
+    """Weight of the DPO token reward log pi_dpo - log pi_ref. Keep beta1 <= beta2 (see beta2)."""
+    beta2: float = 0.05
+    """Per-token KL coefficient (initial value with adaptive_kl). With beta1 > beta2 and no dpo_reward_clip RTO collapsed in every seed of our sweep (docs/experiments.md); the paper's value is 0.01."""
     beta3: float = 1.0
     """Weight of the normalised reward-model score at the last token."""
     dpo_reward_clip: float | None = None
@@ -254,8 +359,8 @@ class PPOConfig(RunConfig, DataColumns, LoraOptions):
     """Clamp normalised RM scores to +-this."""
     missing_eos_penalty: float | None = None
     """Subtract this from the RM score of responses that never emitted EOS (None: no penalty)."""
-    sentence_delimiters: str = ".!?\n"
-    """Characters that end a sentence (semi-rto): a token whose decoded text ends with one is a delimiter."""
+    sentence_delimiters: str = ".!?\\n"
+    """Characters that end a sentence (semi-rto); \\n and \\t stand for newline and tab."""
     # --- advantage ---
     advantage: Literal["gae", "reinforce++"] = "gae"
     """GAE with a critic, or REINFORCE++ (no critic; returns-to-go whitened over the global batch)."""
@@ -265,15 +370,6 @@ class PPOConfig(RunConfig, DataColumns, LoraOptions):
     """GAE lambda."""
     whiten_rewards: bool = False
     """Whiten token rewards over the rollout batch before GAE (off, as the paper)."""
-    # --- generation ---
-    engine: Literal["hf", "vllm"] = "hf"
-    """Rollout engine: hf (Hugging Face generate on the live policy) or vllm (needs the vllm package)."""
-    max_new_tokens: int = 64
-    """Longest response in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature; all scoring passes divide logits by the same value."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold."""
     # --- optimisation ---
     num_iterations: int = 100
     """PPO iterations (rollout + update)."""
@@ -289,8 +385,6 @@ class PPOConfig(RunConfig, DataColumns, LoraOptions):
     """PPO ratio clip."""
     value_clip: float | None = 0.2
     """Value-loss clip range (None disables)."""
-    vf_coef: float = 0.5
-    """Kept for reporting: the value loss already carries the 0.5 factor; critic has its own optimizer."""
     actor_lr: float = 5e-7
     """Actor learning rate."""
     critic_lr: float = 9e-6
@@ -310,11 +404,94 @@ class PPOConfig(RunConfig, DataColumns, LoraOptions):
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
-    """Gradient-norm clip for actor and critic."""
+    """Gradient-norm clip for actor and critic (0 disables)."""
     dump_rollouts: int = 0
     """Every N iterations append the rollout (texts, ids, log-probs, rewards, advantages) to rollouts.jsonl."""
-    eval_every: int = 0
-    """Every N iterations call the optional evaluation hook (used by the demo)."""
+
+    @property
+    def needs_dpo_model(self) -> bool:
+        return self.reward_mode in DPO_REWARD_MODES
+
+    @property
+    def needs_reward_model(self) -> bool:
+        return self.reward_mode in RM_REWARD_MODES
+
+    def validate(self, num_processes: int = 1) -> None:
+        """Raise a ConfigError listing every problem of this config (missing fields first); with
+        ``num_processes`` also the batch sizes that do not divide over the processes."""
+        raise_problems(self.problems(num_processes))
+
+    def problems(self, num_processes: int = 1) -> list[str]:
+        required = list(self.required)
+        if self.needs_dpo_model:
+            required.append("dpo_model")
+        if self.needs_reward_model:
+            required.append("reward_model")
+        problems = missing_required(self, required, why={
+            "dpo_model": f"reward_mode '{self.reward_mode}' needs it",
+            "reward_model": f"reward_mode '{self.reward_mode}' needs it",
+        })  # fmt: skip
+        if self.advantage == "gae" and not (self.critic or self.reward_model or self.needs_reward_model):
+            problems.append("advantage 'gae' needs a critic: give --critic or --reward-model")
+        self.check_run(problems)
+        self.check_lora(problems)
+        self.check_generation(problems)
+        if self.num_samples_per_prompt != 1:
+            problems.append(
+                f"field 'num_samples_per_prompt' must be 1 in rto ppo (got {self.num_samples_per_prompt})"
+            )
+        check_positive(
+            self, problems, "beta1", "beta2", "beta3", "gamma", "lam", "value_clip", allow_zero=True
+        )
+        check_positive(
+            self, problems, "num_iterations", "rollout_batch_size", "mini_batch_size", "ppo_epochs"
+        )
+        check_positive(
+            self, problems, "clip_eps", "actor_lr", "max_prompt_length", "dpo_reward_clip", "rm_score_clamp"
+        )
+        check_positive(
+            self, problems, "critic_lr", "per_device_micro_batch_size", "dump_rollouts", allow_zero=True
+        )
+        check_positive(self, problems, "critic_warmup_iterations", allow_zero=True)
+        check_range(self, problems, "gamma", 0.0, 1.0, high_inclusive=True)
+        check_range(self, problems, "lam", 0.0, 1.0, high_inclusive=True)
+        check_range(self, problems, "adam_beta1", 0.0, 1.0)
+        check_range(self, problems, "adam_beta2", 0.0, 1.0)
+        check_range(self, problems, "warmup_ratio", 0.0, 1.0)
+        check_positive(self, problems, "adam_eps", "weight_decay", "max_grad_norm", allow_zero=True)
+        if self.adaptive_kl:
+            check_positive(self, problems, "kl_target", "kl_horizon")
+        if self.reward_mode == "semi-rto" and not self.sentence_delimiters:
+            problems.append(
+                "reward_mode 'semi-rto' needs field 'sentence_delimiters' (--sentence-delimiters)"
+            )
+        if self.mini_batch_size > 0 and self.rollout_batch_size % self.mini_batch_size:
+            problems.append(
+                f"field 'rollout_batch_size' ({self.rollout_batch_size}) must be a multiple of "
+                f"'mini_batch_size' ({self.mini_batch_size})"
+            )
+        for name in ("rollout_batch_size", "mini_batch_size"):
+            if getattr(self, name) % num_processes:
+                problems.append(
+                    f"field '{name}' ({getattr(self, name)}) must be divisible by the number of processes "
+                    f"({num_processes})"
+                )
+        return problems
+
+    def warnings(self) -> list[str]:
+        """Settings that run but that our own measurements advise against."""
+        out = []
+        if self.needs_dpo_model and self.beta1 > self.beta2 and self.dpo_reward_clip is None:
+            out.append(
+                f"beta1 ({self.beta1:g}) > beta2 ({self.beta2:g}) without --dpo-reward-clip: in our sweep "
+                "(docs/experiments.md) every such setting collapsed in every seed (responses ran to the length "
+                "cap, KL in the hundreds); keep beta1 <= beta2 or clip the DPO token reward"
+            )
+        return out
+
+    def delimiters(self) -> str:
+        """sentence_delimiters with the escapes \\n and \\t read as newline and tab."""
+        return self.sentence_delimiters.replace("\\n", "\n").replace("\\t", "\t")
 
 
 STAGE_CONFIGS: dict[str, type] = {
@@ -323,6 +500,9 @@ STAGE_CONFIGS: dict[str, type] = {
     "dpo": DPOConfig,
     "ppo": PPOConfig,
 }
+
+
+# ----------------------------------------------------------------------------- reading and writing configs
 
 
 def field_names(cls: type) -> list[str]:
@@ -409,7 +589,30 @@ def coerce_value(name: str, tp: Any, value: Any, source: str = "config") -> Any:
     )
 
 
+# The command that each config class belongs to, for the 'stage' key of rto_config.yaml.
+COMMAND_OF_CONFIG = {
+    "SFTConfig": "sft",
+    "RewardConfig": "rm",
+    "DPOConfig": "dpo",
+    "PPOConfig": "ppo",
+    "DemoConfig": "demo",
+    "EvalConfig": "eval",
+    "LabelConfig": "label",
+    "ExperimentConfig": "experiment",
+    "BenchConfig": "bench",
+}
+STAGE_KEY = "stage"
+
+
+def _command_name(stage: Any) -> str:
+    """'DPOConfig' or 'dpo' -> 'dpo' (unknown names unchanged)."""
+    return COMMAND_OF_CONFIG.get(str(stage), str(stage))
+
+
 def load_yaml_config(cls: type, path: str | Path) -> Any:
+    """A config from a YAML mapping of field: value. The ``stage`` key that rto writes into
+    rto_config.yaml is accepted when it names this config's command, and a config of another command is
+    named as such."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -419,6 +622,13 @@ def load_yaml_config(cls: type, path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of field: value, got {type(values).__name__}")
+    if STAGE_KEY in values and STAGE_KEY not in field_names(cls):
+        theirs, ours = _command_name(values.pop(STAGE_KEY)), _command_name(cls.__name__)
+        if theirs != ours:
+            raise ConfigError(
+                f"{path}: this is a config of `rto {theirs}` (stage: {theirs}), not of `rto {ours}`; "
+                f"use it with `rto {theirs} --config {path}`"
+            )
     return config_from_dict(cls, values, source=str(path))
 
 
@@ -427,11 +637,12 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, folder: str | Path) -> Path:
-    """Write the resolved config as rto_config.yaml beside the outputs (the model keeps its config.json)."""
+    """Write the resolved config as rto_config.yaml beside the outputs (the model keeps its config.json).
+    The file is a valid --config for the same command (its 'stage' key names the command)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "rto_config.yaml"
-    data = {"stage": type(cfg).__name__, **config_to_dict(cfg)}
+    data = {STAGE_KEY: _command_name(type(cfg).__name__), **config_to_dict(cfg)}
     out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return out
 
@@ -443,26 +654,46 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _require(cfg: Any, *names: str) -> None:
-    for n in names:
-        if not getattr(cfg, n):
-            raise ConfigError(f"field '{n}' is required (--{n.replace('_', '-')})")
+# ----------------------------------------------------------------------------- checks used by validate()
 
 
-def _positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
+def raise_problems(problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def missing_required(cfg: Any, names: typing.Iterable[str], why: dict[str, str] | None = None) -> list[str]:
+    """One problem naming every required field that is empty."""
+    missing = [n for n in names if not getattr(cfg, n)]
+    if not missing:
+        return []
+    why = why or {}
+    listed = ", ".join(flag(n) + (f" ({why[n]})" if n in why else "") for n in missing)
+    return [f"required field{'s' if len(missing) > 1 else ''} missing: {listed}"]
+
+
+def check_positive(cfg: Any, problems: list[str], *names: str, allow_zero: bool = False) -> None:
     for n in names:
         v = getattr(cfg, n)
-        if v is None:
+        if v is None or isinstance(v, bool):
             continue
         if v < 0 or (v == 0 and not allow_zero):
-            raise ConfigError(f"field '{n}' must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+            problems.append(f"field '{n}' must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
-def _in_range(cfg: Any, name: str, low: float, high: float, high_inclusive: bool = False) -> None:
+def check_range(
+    cfg: Any, problems: list[str], name: str, low: float, high: float, high_inclusive: bool = False
+) -> None:
     v = getattr(cfg, name)
     if not (low <= v <= high if high_inclusive else low <= v < high):
-        raise ConfigError(
-            f"field '{name}' must be in [{low}, {high}{']' if high_inclusive else ')'}, got {v}"
+        problems.append(
+            f"field '{name}' must be in [{low:g}, {high:g}{']' if high_inclusive else ')'}, got {v}"
         )
 
 
@@ -472,87 +703,30 @@ INF_ALLOWED = frozenset({"rm_score_clamp", "dpo_reward_clip"})
 INPUT_MODEL_FIELDS = ("model", "ref_model", "policy", "dpo_model", "reward_model", "critic")
 
 
-def _finite_numbers(cfg: Any) -> None:
+def _finite_numbers(cfg: Any, problems: list[str]) -> None:
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and f.name not in INF_ALLOWED)):
-            raise ConfigError(f"field '{f.name}' must be a finite number, got {v}")
+            problems.append(f"field '{f.name}' must be a finite number, got {v}")
 
 
-def _output_not_an_input(cfg: Any) -> None:
+def _output_not_an_input(cfg: Any, problems: list[str]) -> None:
     """Writing the run's outputs into a folder it reads a model from would overwrite that model."""
+    if not cfg.output_dir:
+        return
     out = Path(cfg.output_dir).expanduser().resolve()
     for name in INPUT_MODEL_FIELDS:
         path = getattr(cfg, name, None)
         if path and Path(path).expanduser().exists() and Path(path).expanduser().resolve() == out:
-            raise ConfigError(
+            problems.append(
                 f"field 'output_dir' is the folder of field '{name}' ({path}): the run would overwrite the "
                 "model it starts from; choose another --output-dir"
             )
 
 
-def validate_config(cfg: Any) -> None:
-    """Check values a stage cannot run with; messages name the field."""
-    _require(cfg, "output_dir")
-    _finite_numbers(cfg)
-    _output_not_an_input(cfg)
-    _positive(cfg, "save_total_limit", "logging_steps")
-    _positive(cfg, "save_steps", allow_zero=True)
-    if getattr(cfg, "lora", False):
-        _positive(cfg, "lora_r", "lora_alpha")
-        _in_range(cfg, "lora_dropout", 0.0, 1.0)
-    if hasattr(cfg, "adam_beta1"):
-        _in_range(cfg, "adam_beta1", 0.0, 1.0)
-        _in_range(cfg, "adam_beta2", 0.0, 1.0)
-        _positive(cfg, "adam_eps", "weight_decay", allow_zero=True)
-    if isinstance(cfg, TrainStageConfig):
-        _require(cfg, "model", "data")
-        _positive(cfg, "max_length", "per_device_batch_size", "gradient_accumulation_steps", "learning_rate")
-        _positive(cfg, "num_epochs", "max_grad_norm", "weight_decay", allow_zero=True)
-        if not 0 <= cfg.warmup_ratio < 1:
-            raise ConfigError(f"field 'warmup_ratio' must be in [0, 1), got {cfg.warmup_ratio}")
-        if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
-            raise ConfigError("one of 'num_epochs' or 'max_steps' must be > 0")
-    if isinstance(cfg, DPOConfig):
-        _positive(cfg, "beta")
-        if not 0 <= cfg.label_smoothing < 0.5:
-            raise ConfigError(f"field 'label_smoothing' must be in [0, 0.5), got {cfg.label_smoothing}")
-    if isinstance(cfg, PPOConfig):
-        _require(cfg, "policy", "prompts")
-        _positive(cfg, "beta1", "beta2", "beta3", "gamma", "lam", "value_clip", allow_zero=True)
-        _positive(cfg, "max_new_tokens", "temperature", "top_p", "num_iterations", "rollout_batch_size")
-        _positive(cfg, "mini_batch_size", "ppo_epochs", "clip_eps", "actor_lr", "max_prompt_length")
-        _positive(cfg, "critic_lr", "per_device_micro_batch_size", "dump_rollouts", allow_zero=True)
-        _positive(cfg, "dpo_reward_clip", "rm_score_clamp")
-        if cfg.top_p > 1:
-            raise ConfigError(f"field 'top_p' must be in (0, 1], got {cfg.top_p}")
-        _in_range(cfg, "gamma", 0.0, 1.0, high_inclusive=True)
-        _in_range(cfg, "lam", 0.0, 1.0, high_inclusive=True)
-        _in_range(cfg, "warmup_ratio", 0.0, 1.0)
-        _positive(cfg, "critic_warmup_iterations", "eval_every", "max_grad_norm", allow_zero=True)
-        if cfg.adaptive_kl:
-            _positive(cfg, "kl_target", "kl_horizon")
-        if cfg.reward_mode == "semi-rto" and not cfg.sentence_delimiters:
-            raise ConfigError(
-                "reward_mode 'semi-rto' needs field 'sentence_delimiters' (--sentence-delimiters)"
-            )
-        if cfg.rollout_batch_size % cfg.mini_batch_size:
-            raise ConfigError(
-                f"field 'rollout_batch_size' ({cfg.rollout_batch_size}) must be a multiple of "
-                f"'mini_batch_size' ({cfg.mini_batch_size})"
-            )
-        needs_dpo = cfg.reward_mode != "ppo"
-        needs_rm = cfg.reward_mode != "dpo-only"
-        if needs_dpo and not cfg.dpo_model:
-            raise ConfigError(f"reward_mode '{cfg.reward_mode}' needs field 'dpo_model' (--dpo-model)")
-        if needs_rm and not cfg.reward_model:
-            raise ConfigError(f"reward_mode '{cfg.reward_mode}' needs field 'reward_model' (--reward-model)")
-        if cfg.advantage == "gae" and not (cfg.critic or cfg.reward_model):
-            raise ConfigError("advantage 'gae' needs a critic: give --critic or --reward-model")
-
-
 __all__ = [
     "RunConfig",
+    "GenerationOptions",
     "SFTConfig",
     "RewardConfig",
     "DPOConfig",
@@ -561,6 +735,5 @@ __all__ = [
     "config_from_dict",
     "load_yaml_config",
     "save_config",
-    "validate_config",
     "config_hash",
 ]

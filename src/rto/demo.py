@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from rto.config import GenerationOptions, raise_problems
 from rto.errors import ConfigError, RtoError
 from rto.runner import Job, Stages, quiet_transformers
 from rto.stages import stage_signatures
@@ -76,19 +77,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(GenerationOptions):
     """The controlled-sentiment experiment: SFT -> RM + DPO -> PPO vs RTO -> gold-reward evaluation and
-    report. Fields left unset take the preset's value."""
+    report. Fields left unset take the preset's value. The generation settings apply to labelling, PPO/RTO
+    and evaluation alike; num_samples_per_prompt is PPO/RTO's (evaluation has eval_samples)."""
 
     out: str = ""
     """Output folder (default: runs/demo-<timestamp>)."""
     preset: Literal["test", "smoke", "default", "smollm2"] = "default"
-    """Budget preset: default (< 10 min on 2 CPU cores), smoke (about a minute), test (seconds, for tests);
-    smollm2: the pretrained SmolLM2-135M-Instruct on real chat prompts, with LoRA."""
+    """Budget preset: default (< 10 min on 2 CPU cores), smoke (about a minute), test (seconds, for tests); smollm2: the pretrained SmolLM2-135M-Instruct on real chat prompts, with LoRA."""
     model: str | None = None
-    """Empty: the embedded world (a tiny GPT-2 trained from scratch on generated reviews). Otherwise a
-    pretrained chat model (an HF folder, a hub id, or 'smollm2' for the packaged SmolLM2-135M-Instruct):
-    prompts are then chatterbot-corpus user turns in the model's chat template."""
+    """Empty: the embedded world (a tiny GPT-2 trained from scratch on generated reviews). Otherwise a pretrained chat model (an HF folder, a hub id, or 'smollm2' for the packaged SmolLM2-135M-Instruct): prompts are then chatterbot-corpus user turns in the model's chat template."""
     lora: bool | None = None
     """Train LoRA adapters (peft) instead of full weights in every stage; PPO/RTO then share one base."""
     seeds: int | None = None
@@ -129,7 +128,7 @@ class DemoConfig:
     best_of_n: int | None = None
     """N of the best-of-N oracle from the SFT model at evaluation."""
     max_new_tokens: int | None = None
-    """Longest response in tokens (labelling, PPO/RTO and evaluation)."""
+    """Longest response in tokens (labelling, PPO/RTO and evaluation); unset: the preset's."""
     # --- hyperparameters (chosen for this tiny world; docs/demo.md says how) ---
     sft_lr: float | None = None
     """SFT peak learning rate."""
@@ -155,15 +154,26 @@ class DemoConfig:
     """Weight of the normalised RM score at the last token (both methods)."""
     # --- running ---
     workers: int | None = None
-    """Processes for independent stages (RM and DPO; the PPO/RTO runs): 2 uses both cores of a 2-core CPU
-    (the test preset runs in-process: starting a process costs ~7 s, more than its tiny stages)."""
+    """Processes for independent stages (RM and DPO; the PPO/RTO runs): 2 uses both cores of a 2-core CPU (the test preset runs in-process: starting a process costs ~7 s, more than its tiny stages)."""
     threads: int = 1
-    """torch CPU threads per process. One thread per process is much faster for ~1M-parameter models, and
-    is robust when other jobs share the CPU (two threads on busy cores can be 10x slower)."""
+    """torch CPU threads per process. One thread per process is much faster for ~1M-parameter models, and is robust when other jobs share the CPU (two threads on busy cores can be 10x slower)."""
     reuse: bool = False
     """Reuse stages already completed in --out with the same settings (continue a run, redo the report)."""
     progress: bool = True
     """Show progress bars."""
+
+    def cli_defaults(self, args: list[str]) -> DemoConfig:
+        """For the command line: an unset `lora` takes the chosen preset's value, so that it is shown and
+        parsed as --lora/--no-lora like every other switch."""
+        preset = self.preset
+        for i, a in enumerate(args):
+            if a == "--preset" and i + 1 < len(args):
+                preset = args[i + 1]
+            elif a.startswith("--preset="):
+                preset = a.split("=", 1)[1]
+        if self.lora is None and preset in PRESETS:
+            return dataclasses.replace(self, lora=PRESETS[preset]["lora"])
+        return self
 
 
 BUDGET_FIELDS = tuple(PRESETS["default"])
@@ -178,44 +188,37 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
     out = dataclasses.replace(cfg, **values)
     if not out.out:
         out.out = f"runs/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    validate(out)
+    return out
+
+
+def validate(cfg: DemoConfig) -> None:
+    """The demo's own fields, then the PPO/RTO config it builds (its fields carry the same names)."""
+    from rto.stages import ppo_config
+
+    problems = []
     # A pretrained model needs no generated reviews, and is pi_ref as it is with sft_steps 0.
-    may_be_zero = ("n_reviews", "sft_steps") if out.model else ()
+    may_be_zero = ("n_reviews", "sft_steps") if cfg.model else ()
     for name in BUDGET_FIELDS:
-        v = getattr(out, name)
+        v = getattr(cfg, name)
         if (
             isinstance(v, int | float)
             and not isinstance(v, bool)
             and (v < 0 if name in may_be_zero else v <= 0)
         ):
-            raise ConfigError(f"field '{name}' must be > 0, got {v}")
-    for name in (
-        "sft_lr",
-        "rm_lr",
-        "dpo_lr",
-        "dpo_beta",
-        "tau",
-        "actor_lr",
-        "critic_lr",
-        "threads",
-        "ppo_epochs",
-    ):
-        if not getattr(out, name) > 0:
-            raise ConfigError(f"field '{name}' must be > 0, got {getattr(out, name)}")
-    for name in ("beta1", "beta2", "beta3"):
-        if getattr(out, name) < 0:
-            raise ConfigError(f"field '{name}' must be >= 0, got {getattr(out, name)}")
-    if out.rollout_batch_size % out.mini_batch_size:
-        raise ConfigError(
-            f"field 'rollout_batch_size' ({out.rollout_batch_size}) must be a multiple of 'mini_batch_size' "
-            f"({out.mini_batch_size})"
+            problems.append(f"field '{name}' must be > 0, got {v}")
+    for name in ("sft_lr", "rm_lr", "dpo_lr", "dpo_beta", "tau", "threads"):
+        if not getattr(cfg, name) > 0:
+            problems.append(f"field '{name}' must be > 0, got {getattr(cfg, name)}")
+    if cfg.best_of_n < 2:
+        problems.append(f"field 'best_of_n' must be >= 2, got {cfg.best_of_n}")
+    if cfg.n_pref_prompts < cfg.pref_batch_size:
+        problems.append(
+            f"field 'n_pref_prompts' ({cfg.n_pref_prompts}) must be at least 'pref_batch_size' ({cfg.pref_batch_size})"
         )
-    if out.best_of_n < 2:
-        raise ConfigError(f"field 'best_of_n' must be >= 2, got {out.best_of_n}")
-    if out.n_pref_prompts < out.pref_batch_size:
-        raise ConfigError(
-            f"field 'n_pref_prompts' ({out.n_pref_prompts}) must be at least 'pref_batch_size' ({out.pref_batch_size})"
-        )
-    return out
+    if not problems:
+        problems = ppo_config(cfg, Path(cfg.out), "rto", 0).problems()
+    raise_problems(problems)
 
 
 def run_demo(cfg: DemoConfig) -> Path:

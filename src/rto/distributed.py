@@ -115,6 +115,8 @@ def make_accelerator(cfg) -> Accelerator:
     log_with = None if cfg.report_to == "none" else cfg.report_to
     if getattr(cfg, "deterministic", False):
         use_deterministic_kernels()
+    if getattr(cfg, "threads", 0):
+        torch.set_num_threads(cfg.threads)
     acc = Accelerator(
         mixed_precision=cfg.mixed_precision,
         log_with=log_with,

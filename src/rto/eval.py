@@ -1,7 +1,7 @@
 """`rto eval`: policies compared on held-out prompts by a gold reward, with the numbers that reveal how
 they got there.
 
-For each policy, ``samples_per_prompt`` responses are sampled per prompt for each of ``seeds`` sampling
+For each policy, ``num_samples_per_prompt`` responses are sampled per prompt for each of ``seeds`` sampling
 seeds, and every response gets:
 
 - its gold reward (the experiment's ground truth, ``--gold-reward``);
@@ -43,11 +43,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from rto.config import GenerationOptions, check_positive, missing_required, raise_problems
 from rto.errors import ConfigError, RtoError
 from rto.stats import bootstrap_ci, bootstrap_diff_ci, verdict, win_outcomes, win_rate
 
@@ -276,34 +277,29 @@ def gold_matrix(members: dict[int, Samples]) -> np.ndarray:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(GenerationOptions):
     """Evaluate policies on held-out prompts with a gold reward (see the module docstring of rto.eval)."""
 
+    required: ClassVar[tuple[str, ...]] = ("policies", "prompts", "ref_model", "out")
+
     policies: list[str] = field(default_factory=list)
-    """Policies as name=folder (e.g. sft=runs/demo/sft rto-seed0=runs/demo/rto-seed0). Names ending in
-    -seed<k> are also summarised as a group over seeds. A bare folder is named after itself."""
+    """Policies as name=folder (e.g. sft=runs/demo/sft rto-seed0=runs/demo/rto-seed0); names ending in -seed<k> are also summarised as a group over seeds; a bare folder is named after itself."""
     prompts: str = ""
-    """Held-out prompts: a .jsonl/.json/.csv file (or dataset) with a 'prompt' column (required)."""
+    """Held-out prompts: a file or dataset in any format rto ppo reads (prompt or messages column; chat templates applied)."""
     ref_model: str = ""
-    """Reference (SFT) model: the KL reference, the win-rate baseline and the best-of-N sampler (required)."""
+    """Reference (SFT) model: the KL reference, the win-rate baseline and the best-of-N sampler."""
     reward_model: str | None = None
     """Optional learned reward model scored beside the gold reward."""
     gold_reward: str = "vader"
     """Gold reward: 'vader', 'module:function' or 'path/to/file.py:function' taking (prompts, responses)."""
-    samples_per_prompt: int = 2
+    max_new_tokens: int = 48
+    """Longest response in tokens."""
+    num_samples_per_prompt: int = 2
     """Responses per prompt per sampling seed."""
     seeds: int = 1
     """Sampling seeds (repeats of the whole sampling)."""
     seed: int = 0
     """First sampling seed; also seeds the bootstrap."""
-    engine: Literal["hf", "vllm"] = "hf"
-    """Rollout engine: hf (Hugging Face generate) or vllm (needs the vllm package)."""
-    max_new_tokens: int = 48
-    """Longest response in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature (the KL is measured at the same temperature)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold."""
     best_of_n: int = 16
     """N of the best-of-N oracle sampled from the reference model (0 disables)."""
     max_prompts: int = 0
@@ -313,11 +309,23 @@ class EvalConfig:
     max_prompt_length: int = 128
     """Prompts longer than this keep their last tokens."""
     out: str = ""
-    """Output folder for eval.json and samples.jsonl (required)."""
+    """Output folder for eval.json and samples.jsonl."""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar (only on a terminal)."""
+
+    def validate(self) -> None:
+        """Raise a ConfigError listing every problem (missing fields first)."""
+        problems = missing_required(self, self.required)
+        self.check_generation(problems)
+        for name in ("seeds", "batch_size", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"field '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.best_of_n < 0 or self.best_of_n == 1:
+            problems.append(f"field 'best_of_n' must be 0 (off) or >= 2, got {self.best_of_n}")
+        check_positive(self, problems, "max_prompts", "threads", allow_zero=True)
+        raise_problems(problems)
 
 
 def parse_policies(specs: Sequence[str]) -> dict[str, str]:
@@ -334,23 +342,6 @@ def parse_policies(specs: Sequence[str]) -> dict[str, str]:
             raise ConfigError(f"--policies: the name '{name}' is given twice")
         out[name] = path
     return out
-
-
-def validate_eval_config(cfg: EvalConfig) -> None:
-    for name in ("prompts", "ref_model", "out"):
-        if not getattr(cfg, name):
-            raise ConfigError(f"field '{name}' is required (--{name.replace('_', '-')})")
-    if not cfg.policies:
-        raise ConfigError("field 'policies' is required (--policies name=folder ...)")
-    for name in ("samples_per_prompt", "seeds", "max_new_tokens", "batch_size", "max_prompt_length"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"field '{name}' must be >= 1, got {getattr(cfg, name)}")
-    if cfg.best_of_n < 0 or cfg.best_of_n == 1:
-        raise ConfigError(f"field 'best_of_n' must be 0 (off) or >= 2, got {cfg.best_of_n}")
-    if not cfg.temperature > 0:
-        raise ConfigError(f"field 'temperature' must be > 0, got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"field 'top_p' must be in (0, 1], got {cfg.top_p}")
 
 
 def load_prompt_texts(source: str, max_prompts: int = 0) -> list[str]:
@@ -560,7 +551,7 @@ def run_eval(cfg: EvalConfig) -> Path:
     """`rto eval`: writes <out>/eval.json and <out>/samples.jsonl and prints a table."""
     from rto.tasks.gold import load_gold_reward
 
-    validate_eval_config(cfg)
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     policies = parse_policies(cfg.policies)
@@ -568,7 +559,7 @@ def run_eval(cfg: EvalConfig) -> Path:
     gold_fn = load_gold_reward(cfg.gold_reward)
     report, records = evaluate(
         policies, prompts, cfg.ref_model, gold_fn, reward_model=cfg.reward_model,
-        samples_per_prompt=cfg.samples_per_prompt, seeds=cfg.seeds, seed=cfg.seed,
+        samples_per_prompt=cfg.num_samples_per_prompt, seeds=cfg.seeds, seed=cfg.seed,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
         best_of=cfg.best_of_n, batch_size=cfg.batch_size, max_prompt_length=cfg.max_prompt_length,
         progress=cfg.progress, gold_name=cfg.gold_reward, engine=cfg.engine,

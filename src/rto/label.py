@@ -1,7 +1,7 @@
 """`rto label`: preference data for any prompts, policy and gold reward.
 
-For each prompt the policy samples ``2 * pairs_per_prompt`` responses; consecutive responses form a
-pair, both are scored by the gold reward, and the pair is labelled by Bradley-Terry sampling,
+For each prompt the policy samples ``num_samples_per_prompt`` responses (an even number); consecutive
+responses form a pair, both are scored by the gold reward, and the pair is labelled by Bradley-Terry sampling,
 P(a preferred) = sigmoid((g_a - g_b) / tau) (``rto.tasks.labeling``). Pairs with two identical responses
 carry no preference and are skipped.
 
@@ -18,38 +18,36 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar
 
 import numpy as np
 
-from rto.errors import ConfigError
+from rto.config import GenerationOptions, check_positive, missing_required, raise_problems
 from rto.tasks.labeling import DEFAULT_TAU, PreferenceData, make_preference_rows, sample_responses
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(GenerationOptions):
     """Sample response pairs from a policy and label them with a gold reward (Bradley-Terry)."""
 
+    required: ClassVar[tuple[str, ...]] = ("prompts", "policy", "out")
+
     prompts: str = ""
-    """Prompts: a .jsonl/.json/.csv file (or dataset) with a 'prompt' column of strings (required)."""
+    """Prompts: a file or dataset in any format rto ppo reads (prompt or messages column; chat templates applied)."""
     policy: str = ""
-    """Folder of the policy that samples the responses (usually the SFT model) (required)."""
+    """Folder (or hub id) of the policy that samples the responses (usually the SFT model)."""
     gold_reward: str = "vader"
     """Gold reward: 'vader', 'module:function' or 'path/to/file.py:function' taking (prompts, responses)."""
-    pairs_per_prompt: int = 1
-    """Response pairs per prompt."""
-    tau: float = DEFAULT_TAU
-    """Bradley-Terry temperature: P(a > b) = sigmoid((gold_a - gold_b) / tau); smaller = less label noise."""
     out: str = ""
-    """Output .jsonl with prompt/chosen/rejected; the gold values go to <out stem>.gold.jsonl (required)."""
-    engine: Literal["hf", "vllm"] = "hf"
-    """Rollout engine: hf (Hugging Face generate) or vllm (needs the vllm package)."""
+    """Output .jsonl with prompt/chosen/rejected; the gold values go to <out stem>.gold.jsonl."""
     max_new_tokens: int = 48
     """Longest response in tokens."""
     temperature: float = 1.0
-    """Sampling temperature (0: greedy)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold."""
+    """Sampling temperature (0: greedy decoding)."""
+    num_samples_per_prompt: int = 2
+    """Responses per prompt, an even number: consecutive responses form a labelled pair (2: one pair per prompt)."""
+    tau: float = DEFAULT_TAU
+    """Bradley-Terry temperature: P(a > b) = sigmoid((gold_a - gold_b) / tau); smaller = less label noise."""
     max_prompts: int = 0
     """Use only the first this many prompts (0: all)."""
     seed: int = 0
@@ -58,6 +56,18 @@ class LabelConfig:
     """Sequences per generation batch."""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)."""
+
+    def validate(self) -> None:
+        """Raise a ConfigError listing every problem (missing fields first)."""
+        problems = missing_required(self, self.required)
+        self.check_generation(problems, greedy_allowed=True)
+        if self.num_samples_per_prompt % 2:
+            problems.append(
+                f"field 'num_samples_per_prompt' must be even (responses are paired), got {self.num_samples_per_prompt}"
+            )
+        check_positive(self, problems, "tau", "batch_size")
+        check_positive(self, problems, "max_prompts", "threads", allow_zero=True)
+        raise_problems(problems)
 
 
 def gold_sidecar_path(out: str | Path) -> Path:
@@ -143,21 +153,6 @@ def label_stats(data: PreferenceData, n_empty: int = 0) -> dict[str, float]:
     }
 
 
-def validate_label_config(cfg: LabelConfig) -> None:
-    for name in ("prompts", "policy", "out"):
-        if not getattr(cfg, name):
-            raise ConfigError(f"field '{name}' is required (--{name.replace('_', '-')})")
-    for name in ("pairs_per_prompt", "max_new_tokens", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"field '{name}' must be >= 1, got {getattr(cfg, name)}")
-    if not cfg.tau > 0:
-        raise ConfigError(f"field 'tau' must be > 0, got {cfg.tau}")
-    if not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"field 'top_p' must be in (0, 1], got {cfg.top_p}")
-    if not cfg.temperature >= 0:
-        raise ConfigError(f"field 'temperature' must be >= 0, got {cfg.temperature}")
-
-
 def run_label(cfg: LabelConfig) -> Path:
     """`rto label`: writes the preference rows and the gold sidecar; prints label statistics."""
     import torch
@@ -166,7 +161,7 @@ def run_label(cfg: LabelConfig) -> Path:
     from rto.eval import load_prompt_texts
     from rto.tasks.gold import load_gold_reward
 
-    validate_label_config(cfg)
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -175,7 +170,7 @@ def run_label(cfg: LabelConfig) -> Path:
     tok = models.load_tokenizer(cfg.policy, padding_side="left")
     model = models.freeze(models.load_causal_lm(cfg.policy, tok))
     data, s = label_pairs(
-        model, tok, prompts, gold_fn, pairs_per_prompt=cfg.pairs_per_prompt, tau=cfg.tau, seed=cfg.seed,
+        model, tok, prompts, gold_fn, pairs_per_prompt=cfg.num_samples_per_prompt // 2, tau=cfg.tau, seed=cfg.seed,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
         batch_size=cfg.batch_size, engine=cfg.engine,
     )  # fmt: skip

@@ -13,6 +13,7 @@ output depends on. ``rto.runner`` runs and caches them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -125,13 +126,19 @@ def stage_signatures(cfg: DemoConfig) -> dict[str, dict]:
     }
     model = {**data, **_sig(cfg, "size")}
     sft = {**model, **_sig(cfg, "sft_steps", "sft_batch_size", "sft_lr")}
-    label = {**sft, **_sig(cfg, "n_pref_prompts", "n_heldout_pairs", "tau", "max_new_tokens", "gold_reward")}
+    label = {
+        **sft,
+        **_sig(cfg, "n_pref_prompts", "n_heldout_pairs", "tau", "max_new_tokens", "gold_reward"),
+        # generation settings only when not the defaults, so that earlier runs keep their signatures
+        **_non_default(cfg, "engine", "temperature", "top_p"),
+    }
     rm = {**label, **_sig(cfg, "rm_epochs", "rm_lr", "pref_batch_size")}
     dpo = {**label, **_sig(cfg, "dpo_epochs", "dpo_lr", "dpo_beta", "pref_batch_size")}
     rl = {
         **rm,
         **dpo,
         **_sig(cfg, "mini_batch_size", "actor_lr", "critic_lr", "ppo_epochs", "beta1", "beta2", "beta3"),
+        **_non_default(cfg, "num_samples_per_prompt"),
     }
     ev = {**rl, **_sig(cfg, "seeds", "eval_samples", "best_of_n")}
     return {
@@ -148,6 +155,11 @@ def stage_signatures(cfg: DemoConfig) -> dict[str, dict]:
 
 def _sig(cfg: DemoConfig, *names: str) -> dict:
     return {n: getattr(cfg, n) for n in names}
+
+
+def _non_default(cfg: DemoConfig, *names: str) -> dict:
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return {n: getattr(cfg, n) for n in names if getattr(cfg, n) != defaults[n]}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -301,7 +313,8 @@ def stage_label(cfg: DemoConfig, root: Path) -> None:
     tok, model = load_lm(root / "sft")
     train = [r["prompt"] for r in read_jsonl(root / "data" / "prompts_train.jsonl")][: cfg.n_pref_prompts]
     held_out = [r["prompt"] for r in read_jsonl(root / "data" / "prompts_eval.jsonl")]
-    kw = dict(tau=cfg.tau, max_new_tokens=cfg.max_new_tokens, batch_size=256)
+    kw = dict(tau=cfg.tau, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+              engine=cfg.engine, batch_size=256)  # fmt: skip
     prefs, train_stats = label_pairs(model, tok, train, gold_fn, seed=cfg.seed, **kw)
     write_preferences(labels / "preferences.jsonl", prefs)
     # Held-out pairs: on the evaluation prompts (never trained on), to check the learned rewards.
@@ -373,7 +386,9 @@ def ppo_config(cfg: DemoConfig, root: Path, mode: str, k: int):
         policy=str(root / "sft"), ref_model=str(root / "sft"), reward_model=str(root / "rm"),
         dpo_model=str(root / "dpo") if mode == "rto" else None, reward_mode=mode,
         prompts=str(root / "data" / "prompts_train.jsonl"), output_dir=str(root / f"{mode}-seed{k}"),
-        seed=cfg.seed + k, beta1=cfg.beta1, beta2=cfg.beta2, beta3=cfg.beta3, max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed + k, beta1=cfg.beta1, beta2=cfg.beta2, beta3=cfg.beta3, engine=cfg.engine,
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        num_samples_per_prompt=cfg.num_samples_per_prompt,
         num_iterations=cfg.ppo_iterations, rollout_batch_size=cfg.rollout_batch_size,
         mini_batch_size=cfg.mini_batch_size, ppo_epochs=cfg.ppo_epochs, actor_lr=cfg.actor_lr,
         critic_lr=cfg.critic_lr, warmup_ratio=0.0, lr_scheduler="constant",
@@ -411,7 +426,8 @@ def stage_eval(cfg: DemoConfig, root: Path) -> None:
     policies = {"sft": str(sft), "dpo": str(dpo), **runs}
     report, records = evaluate(
         policies, held_out, str(sft), gold_fn, reward_model=str(rm), samples_per_prompt=cfg.eval_samples,
-        seeds=1, seed=cfg.seed + 777, max_new_tokens=cfg.max_new_tokens, best_of=cfg.best_of_n,
+        seeds=1, seed=cfg.seed + 777, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        top_p=cfg.top_p, engine=cfg.engine, best_of=cfg.best_of_n,
         batch_size=128, progress=cfg.progress, gold_name=cfg.gold_reward,
     )  # fmt: skip
     write_eval(eval_dir, report, records)

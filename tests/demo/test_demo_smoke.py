@@ -151,7 +151,7 @@ def test_label_command_with_a_gold_file(demo_run, tmp_path):
     out = tmp_path / "labels" / "prefs.jsonl"
     rc = main([
         "label", "--prompts", str(demo_run / "data" / "prompts_eval.jsonl"), "--policy", str(demo_run / "sft"),
-        "--gold-reward", f"{gold_file}:gold", "--pairs-per-prompt", "2", "--tau", "0.05", "--out", str(out),
+        "--gold-reward", f"{gold_file}:gold", "--num-samples-per-prompt", "4", "--tau", "0.05", "--out", str(out),
         "--max-new-tokens", "12", "--seed", "3",
     ])  # fmt: skip
     assert rc == 0
@@ -181,7 +181,7 @@ def test_eval_command(demo_run, tmp_path):
         "eval", "--policies", f"sft={demo_run / 'sft'}", f"dpo={demo_run / 'dpo'}",
         f"rto-seed0={demo_run / 'rto-seed0'}", f"rto-seed1={demo_run / 'rto-seed0'}",
         "--prompts", str(demo_run / "data" / "prompts_eval.jsonl"), "--ref-model", str(demo_run / "sft"),
-        "--reward-model", str(demo_run / "rm"), "--best-of-n", "3", "--samples-per-prompt", "2", "--seeds", "2",
+        "--reward-model", str(demo_run / "rm"), "--best-of-n", "3", "--num-samples-per-prompt", "2", "--seeds", "2",
         "--max-new-tokens", "12", "--out", str(tmp_path / "ev"), "--no-progress",
     ])  # fmt: skip
     assert rc == 0

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from rto.cli import main
-from rto.config import DPOConfig, PPOConfig, SFTConfig, config_from_dict, load_yaml_config, validate_config
+from rto.config import DPOConfig, PPOConfig, SFTConfig, config_from_dict, load_yaml_config
 from rto.errors import ConfigError, RtoError
 from rto.trainers import checkpoints, metrics
 from rto.trainers.ppo import train_ppo
@@ -85,17 +85,14 @@ def test_missing_model_folder(world, tmp_path):
 
 
 def test_cli_mistyped_flag_is_named_with_the_closest_one(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["sft", "--learning-rat", "1e-3"])
-    assert e.value.code == 2
-    err = capsys.readouterr()
-    text = err.out + err.err
-    assert "Unrecognized options: --learning-rat" in text and "--learning-rate" in text
+    assert main(["sft", "--learning-rat", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option: --learning-rat (did you mean --learning-rate?)" in err
 
 
 def test_cli_wrong_type_is_named(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["ppo", "--max-new-tokens", "many"])
+        main(["ppo", "--policy", "p", "--prompts", "x", "--output-dir", "o", "--max-new-tokens", "many"])
     assert e.value.code == 2
     err = capsys.readouterr()
     assert "--max-new-tokens" in err.out + err.err
@@ -145,11 +142,11 @@ def test_yaml_error_through_the_cli_is_one_line(tmp_path, capsys):
         (PPOConfig, {"rollout_batch_size": 4, "mini_batch_size": 8},
          r"field 'rollout_batch_size' \(4\) must be a multiple of 'mini_batch_size' \(8\)"),
         (PPOConfig, {"beta2": -0.01}, r"field 'beta2' must be >= 0"),
-        (PPOConfig, {"gamma": 1.5}, r"field 'gamma' must be in \[0\.0, 1\.0\], got 1\.5"),
+        (PPOConfig, {"gamma": 1.5}, r"field 'gamma' must be in \[0, 1\], got 1\.5"),
         (PPOConfig, {"temperature": 0.0}, r"field 'temperature' must be > 0"),
         (PPOConfig, {"adaptive_kl": True, "kl_target": 0.0}, r"field 'kl_target' must be > 0"),
         (PPOConfig, {"reward_mode": "semi-rto", "sentence_delimiters": ""}, r"needs field 'sentence_delimiters'"),
-        (PPOConfig, {"adam_beta2": 1.0}, r"field 'adam_beta2' must be in \[0\.0, 1\.0\)"),
+        (PPOConfig, {"adam_beta2": 1.0}, r"field 'adam_beta2' must be in \[0, 1\)"),
     ],
 )  # fmt: skip
 def test_invalid_numbers_name_the_field(cls, values, message):
@@ -157,7 +154,7 @@ def test_invalid_numbers_name_the_field(cls, values, message):
                 "reward_model": "r", "dpo_model": "d"}  # fmt: skip
     base = {k: v for k, v in required.items() if k in {f for f in cls.__dataclass_fields__}}
     with pytest.raises(ConfigError, match=message):
-        validate_config(config_from_dict(cls, {**base, **values}))
+        config_from_dict(cls, {**base, **values}).validate()
 
 
 def test_batch_larger_than_the_data(world, tmp_path):
@@ -169,9 +166,9 @@ def test_batch_larger_than_the_data(world, tmp_path):
 
 def test_output_dir_must_not_be_an_input_model(world):
     with pytest.raises(ConfigError, match=r"field 'output_dir' is the folder of field 'model'"):
-        validate_config(_sft(world, world / "sft"))
+        _sft(world, world / "sft").validate()
     with pytest.raises(ConfigError, match=r"field 'output_dir' is the folder of field 'dpo_model'"):
-        validate_config(_ppo(world, str(world / "dpo") + "/"))
+        _ppo(world, str(world / "dpo") + "/").validate()
 
 
 # ----------------------------------------------------------------------------- output folder and disk

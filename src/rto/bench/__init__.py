@@ -54,12 +54,9 @@ class BenchConfig:
     """Time PPO and RTO iterations side by side, against the bare compute of the same shapes."""
 
     model_size: Literal["micro", "tiny", "small", "medium"] = "tiny"
-    """GPT-2 preset of the sentiment world (rto.tasks.sentiment), the same for all five models (policy,
-    reference, DPO, reward, critic): micro (64 wide, 2 layers), tiny (128, 4), small (256, 4), medium
-    (384, 8); about 0.18M, 0.95M, 3.5M and 14.7M parameters at the corpus's vocabulary."""
+    """GPT-2 preset of the sentiment world (rto.tasks.sentiment), the same for all five models (policy, reference, DPO, reward, critic): micro (64 wide, 2 layers), tiny (128, 4), small (256, 4), medium (384, 8); about 0.18M, 0.95M, 3.5M and 14.7M parameters at the corpus's vocabulary."""
     vocab_size: int = 2048
-    """Upper bound of the BPE vocabulary trained on the fly; the generated review corpus runs out of
-    merges at about 1.1k tokens, which is then the vocabulary."""
+    """Upper bound of the BPE vocabulary trained on the fly; the generated review corpus runs out of merges at about 1.1k tokens, which is then the vocabulary."""
     rollout_batch_size: int = 32
     """Prompts per iteration (one response each)."""
     mini_batch_size: int = 16
@@ -75,8 +72,7 @@ class BenchConfig:
     warmup_iterations: int = 1
     """Unmeasured iterations per mode first (allocator, kernel and cache warm-up)."""
     statistic: Literal["min", "median", "mean"] = "min"
-    """How the measured iterations of each phase are summarised. min (default): the cost with the least
-    interference, since other work on a shared machine only ever adds time; median; or mean."""
+    """How the measured iterations of each phase are summarised. min (default): the cost with the least interference, since other work on a shared machine only ever adds time; median; or mean."""
     threads: int = 2
     """torch intra-op threads (0 keeps torch's default)."""
     seed: int = 0
@@ -90,7 +86,7 @@ class BenchConfig:
 
 
 def _ppo_config(cfg: BenchConfig, root: Path, mode: str):
-    from rto.config import PPOConfig, validate_config
+    from rto.config import PPOConfig
 
     pc = PPOConfig(
         policy=str(root / "sft"), reward_model=str(root / "rm"), dpo_model=str(root / "dpo"),
@@ -99,7 +95,7 @@ def _ppo_config(cfg: BenchConfig, root: Path, mode: str):
         max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.prompt_length + 8, ppo_epochs=cfg.ppo_epochs,
         num_iterations=cfg.warmup_iterations + cfg.iterations, seed=cfg.seed, progress=False, warmup_ratio=0.0,
     )  # fmt: skip
-    validate_config(pc)
+    pc.validate()
     return pc
 
 

@@ -31,6 +31,7 @@ Formats, in the order they are recognised:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -56,15 +57,10 @@ class ColumnMap:
 
     @classmethod
     def from_config(cls, cfg) -> ColumnMap:
-        """The column-name fields of a stage's config (``text_column``, ``prompt_column``, ...)."""
-        return cls(
-            text=cfg.text_column,
-            prompt=cfg.prompt_column,
-            completion=cfg.completion_column,
-            messages=cfg.messages_column,
-            chosen=cfg.chosen_column,
-            rejected=cfg.rejected_column,
-        )
+        """The column-name fields of a stage's config (``text_column``, ``prompt_column``, ...); a stage
+        without one of them (PPO has no ``chosen_column``) keeps TRL's name."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(cfg, f"{n}_column") for n in names if hasattr(cfg, f"{n}_column")})
 
 
 # --------------------------------------------------------------------------- public

@@ -75,11 +75,9 @@ class ExperimentConfig:
     ppo_iterations: int | None = None
     """Override the preset's PPO iterations per run (equal for every method)."""
     pref_budget: Literal["epochs", "steps"] = "epochs"
-    """data-scaling: train each fraction's reward and DPO models for the same epochs as on all pairs
-    (fewer optimizer steps on less data), or for the same number of steps (more epochs on less data)."""
+    """data-scaling: train each fraction's reward and DPO models for the same epochs as on all pairs (fewer optimizer steps on less data), or for the same number of steps (more epochs on less data)."""
     gold_reward: str = "vader"
-    """Gold reward that labels the preference pairs and judges every policy: 'vader', 'module:function' or
-    'file.py:function' (as `rto demo --gold-reward`); part of every cell's settings."""
+    """Gold reward that labels the preference pairs and judges every policy: 'vader', 'module:function' or 'file.py:function' (as `rto demo --gold-reward`); part of every cell's settings."""
     workers: int = 2
     """Cells computed in parallel (processes)."""
     threads: int = 1

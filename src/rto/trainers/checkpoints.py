@@ -38,7 +38,17 @@ CONFIG_FILE = "rto_config.yaml"  # written by rto.config.save_config
 RNG_FILE_PATTERN = "random_states_<process>.pkl"  # accelerate's name
 # Config fields that may change between a run and its resume without changing the result.
 RESUME_FREE_FIELDS = frozenset(
-    {"resume", "progress", "report_to", "output_dir", "save_steps", "save_total_limit", "logging_steps"}
+    {
+        "resume",
+        "progress",
+        "report_to",
+        "output_dir",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "threads",
+        "overwrite_output_dir",
+    }  # fmt: skip
 )
 
 

@@ -36,7 +36,7 @@ from rto.algorithms.kl import AdaptiveKLController, FixedKLController, kl_penalt
 from rto.algorithms.logprobs import entropy_from_logits, masked_mean, shifted_token_logprobs
 from rto.algorithms.losses import ppo_policy_loss, value_loss
 from rto.algorithms.rewards import compose_token_rewards
-from rto.config import PPOConfig, validate_config
+from rto.config import PPOConfig
 from rto.data.collate import collate_prompts
 from rto.data.formats import ColumnMap, to_prompt_examples
 from rto.data.loading import load_rows
@@ -207,15 +207,14 @@ class PPORun:
 def setup_ppo(cfg: PPOConfig) -> PPORun:
     """Check the config, load models and prompts, build optimizers, the engine and the KL controller, and
     restore the newest checkpoint with --resume."""
-    validate_config(cfg)
+    cfg.validate()
     acc = distributed.make_accelerator(cfg)
+    cfg.validate(num_processes=acc.num_processes)
     distributed.require_support(acc, "ppo", with_critic=cfg.advantage == "gae")
-    if cfg.mini_batch_size % acc.num_processes:
-        raise RtoError(
-            f"field 'mini_batch_size' ({cfg.mini_batch_size}) must be divisible by the number of processes "
-            f"({acc.num_processes})"
-        )
     out = checkpoints.prepare_output_dir(acc, cfg)
+    if acc.is_main_process:
+        for warning in cfg.warnings():
+            log.warning(warning)
     metrics.init_trackers(acc, cfg, "rto-ppo")
     ms = load_models(cfg)
     tok = ms.tokenizer
@@ -250,7 +249,7 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
         actor_opt=actor_opt, critic_opt=critic_opt, actor_sched=actor_sched, critic_sched=critic_sched,
         scorers=ms.scorers, engine=make_engine(cfg.engine, lambda: policy, settings), kl_ctl=kl_ctl,
         guard=guards.SkipGuard(cfg),  # on_nonfinite: stop, or skip with a limit on skips in a row
-        delimiters=delimiter_table(tok, cfg.sentence_delimiters)
+        delimiters=delimiter_table(tok, cfg.delimiters())
         if cfg.reward_mode == "semi-rto"
         else torch.zeros(0, dtype=torch.bool),
     )  # fmt: skip
@@ -282,10 +281,6 @@ def load_prompts(cfg: PPOConfig, acc, tok) -> list[dict]:
     if len(items) < cfg.rollout_batch_size:
         raise RtoError(
             f"{cfg.prompts}: {len(items)} prompts, fewer than rollout_batch_size ({cfg.rollout_batch_size})"
-        )
-    if cfg.rollout_batch_size % acc.num_processes:
-        raise RtoError(
-            f"rollout_batch_size ({cfg.rollout_batch_size}) must divide over {acc.num_processes} processes"
         )
     return items
 

@@ -10,13 +10,12 @@ processes, hence the factor num_processes).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rto import distributed, models
-from rto.config import validate_config
 from rto.data.formats import ColumnMap
 from rto.data.loading import load_rows
 from rto.data.tokenize import tokenize_all
@@ -29,14 +28,13 @@ class SupervisedStage:
     name: str
     loss_sums: Callable[[torch.nn.Module, list[dict]], tuple[torch.Tensor, dict[str, float]]]
     count: Callable[[dict], float]
-    extra_models: list = field(default_factory=list)
 
 
 def setup_stage(cfg, stage: str, to_examples, tokenize_fn):
     """What every supervised stage does first: validate, set up the accelerator and output folder, load the
     tokenizer, and read, convert and tokenize the data (reporting truncation). Returns
     (accelerator, output folder, tokenizer, tokenized items)."""
-    validate_config(cfg)
+    cfg.validate()
     acc = distributed.make_accelerator(cfg)
     out = checkpoints.prepare_output_dir(acc, cfg)
     metrics.init_trackers(acc, cfg, f"rto-{stage}")
