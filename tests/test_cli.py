@@ -141,3 +141,23 @@ def test_unknown_options_get_rto_names(capsys):
     assert main(["sft", "--model", "m", "--learnig-rate", "1", "--bogus", "2"]) == 2
     err = capsys.readouterr().err
     assert "unknown options: --learnig-rate (did you mean --learning-rate?), --bogus" in err
+
+
+def test_a_finished_stage_is_not_overwritten_unless_asked(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(16))
+    out = tmp_path / "out"
+    args = ["sft", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out),
+            "--per-device-batch-size", "4", "--no-progress"]  # fmt: skip
+    assert main([*args, "--max-steps", "2"]) == 0
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--max-steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"output folder '{out}' holds the model of a finished run" in err and "--overwrite-output-dir" in err
+    assert main([*args, "--max-steps", "3", "--resume"]) == 2  # nothing to continue: no checkpoint
+    assert "--save-steps" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == weights and len(read_metrics(out)) == 2
+    (out / "checkpoints" / "checkpoint-1").mkdir(parents=True)  # a stale (incomplete) checkpoint folder
+    assert main([*args, "--max-steps", "3", "--overwrite-output-dir"]) == 0
+    assert len(read_metrics(out)) == 3 and not (out / "checkpoints").exists()
+    assert yaml.safe_load((out / "rto_config.yaml").read_text())["max_steps"] == 3

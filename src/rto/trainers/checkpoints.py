@@ -52,20 +52,50 @@ RESUME_FREE_FIELDS = frozenset(
 )
 
 
+# What a run leaves in its output folder besides checkpoints/, and of those, what only a finished run
+# leaves (the final model; a run that failed early leaves its config and metrics, and may be rerun).
+RUN_OUTPUTS = (CONFIG_FILE, METRICS_FILE, "rollouts.jsonl", "config.json", "model.safetensors",
+               "model.safetensors.index.json", "adapter", "critic")  # fmt: skip
+FINISHED_OUTPUTS = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter")
+
+
 def prepare_output_dir(acc: Accelerator, cfg) -> Path:
     """Create the output folder (checking it is writable) and write the resolved config.
 
-    A fresh run (no --resume) refuses a folder that holds checkpoints of an earlier run: it would
-    overwrite that run's metrics, rotate its checkpoints away, and a later --resume could pick up the
-    old run's newest checkpoint instead of this run's."""
+    A folder that holds an earlier run is refused, as Hugging Face trainers do, unless the run continues
+    it (--resume, from its newest checkpoint) or replaces it (--overwrite-output-dir: the earlier run's
+    outputs and checkpoints are deleted first, so a later --resume cannot pick up the old run's
+    checkpoints). A folder left by a run that failed before saving a model or a checkpoint is reused."""
     out = Path(cfg.output_dir)
     old = list_checkpoints(out)
-    if old and not cfg.resume:
+    finished = [n for n in FINISHED_OUTPUTS if (out / n).exists()]
+    overwrite = getattr(cfg, "overwrite_output_dir", False)
+    if old and not cfg.resume and not overwrite:
         raise RtoError(
             f"output folder '{out}' holds checkpoints of an earlier run (newest: {old[-1].name}); "
-            "pass --resume to continue it, or choose another --output-dir"
+            "pass --resume to continue it, --overwrite-output-dir to replace it, or choose another --output-dir"
+        )
+    if finished and not old and not overwrite:
+        raise RtoError(
+            f"output folder '{out}' holds the model of a finished run ({', '.join(finished)}); pass "
+            "--overwrite-output-dir to replace it, or choose another --output-dir"
+            + (
+                " (--resume needs a checkpoint to continue from: --save-steps writes them)"
+                if cfg.resume
+                else ""
+            )
         )
     if acc.is_main_process:
+        earlier = [n for n in (*RUN_OUTPUTS, CHECKPOINT_DIR) if (out / n).exists()]
+        if overwrite and earlier:
+            log.warning(
+                "--overwrite-output-dir: deleting the earlier run's %s in %s", ", ".join(earlier), out
+            )
+            for name in earlier:
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name)
+                else:
+                    (out / name).unlink()
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe = out / ".rto_write_test"
