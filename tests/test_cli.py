@@ -161,3 +161,37 @@ def test_a_finished_stage_is_not_overwritten_unless_asked(tmp_path, tiny_model_d
     assert main([*args, "--max-steps", "3", "--overwrite-output-dir"]) == 0
     assert len(read_metrics(out)) == 3 and not (out / "checkpoints").exists()
     assert yaml.safe_load((out / "rto_config.yaml").read_text())["max_steps"] == 3
+
+
+def _no_hub_calls(monkeypatch):
+    """Loading anything by a Hub id would fail the test (and the Hub is never reachable here)."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("hub code was called")
+
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        monkeypatch.setattr(cls, "from_pretrained", refuse)
+    monkeypatch.setattr("rto.hub.hub_reachable", lambda: False)
+
+
+@pytest.mark.parametrize("offline", ["1", ""])
+def test_a_path_that_does_not_exist_is_not_found_at_once(tmp_path, monkeypatch, capsys, offline):
+    _no_hub_calls(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", offline)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    data = write_jsonl(tmp_path / "prefs.jsonl", sft_rows(4))
+    common = ["--data", str(data), "--output-dir", "out/dpo"]
+    # a relative path whose first folder exists: a local path, never a Hub id
+    assert main(["dpo", "--model", "out/nope", *common]) == 2
+    assert "--model: folder not found: out/nope" in capsys.readouterr().err
+    # a name that could be a Hub id, in no local folder and not in the cache: offline or no Hub -> not found
+    assert main(["dpo", "--model", "someone/nope", *common]) == 2
+    err = capsys.readouterr().err
+    assert "--model: not found: someone/nope (no such local folder, not in the Hugging Face cache, and" in err
+    assert ("HF_HUB_OFFLINE" in err) == bool(offline) and ("cannot be reached" in err) != bool(offline)
+    assert main(["dpo", "--model", "out", "--data", "out/prefs", "--output-dir", "out/dpo"]) == 2
+    assert "out/prefs: no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "dpo").exists()  # failed before creating anything

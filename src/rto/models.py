@@ -32,15 +32,10 @@ SCORE_STD_KEY = "rto_score_std"
 
 
 def _check_source(name: str, path: str) -> None:
-    """A local-looking path that does not exist is a user mistake, not a hub id."""
-    if not path:
-        raise RtoError(f"no {name} given")
-    p = Path(path)
-    looks_local = (
-        path.startswith((".", "/", "~")) or p.suffix in {".json", ".safetensors"} or path.count("/") > 1
-    )
-    if looks_local and not p.exists():
-        raise RtoError(f"{name}: folder not found: {path}")
+    """A local folder, or a Hub id that can be loaded: otherwise "not found" now (rto.hub)."""
+    from rto.hub import check_model_source
+
+    check_model_source(name, path)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right"):

@@ -1,8 +1,8 @@
 """Run several rto stages one after the other inside one process group (torchrun or accelerate launch).
 
-Usage: python -m torch.distributed.run --nproc_per_node N dist_worker.py SPEC.json
+Usage: python -m torch.distributed.run --nproc_per_node N dist_worker.py PLAN.json
 
-SPEC.json is {"report": folder, "watch": [folders], "runs": [{"stage": "sft"|"rm"|"dpo"|"ppo", "config": {...},
+PLAN.json is {"report": folder, "watch": [folders], "runs": [{"stage": "sft"|"rm"|"dpo"|"ppo", "config": {...},
 "interrupt_after_checkpoint": step (optional)}]}. A run with interrupt_after_checkpoint stops, in every
 process, right after the checkpoint of that step is complete: an interrupted job, to be resumed by a later run.
 A run with "argv" goes through the command line, `rto.cli.main(argv)`, as `-m rto.cli <stage> ...` would.

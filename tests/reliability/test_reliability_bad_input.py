@@ -77,7 +77,7 @@ def test_damaged_safetensors_file(world, tmp_path, tiny_tokenizer):
 
 
 def test_missing_model_folder(world, tmp_path):
-    with pytest.raises(RtoError, match=r"tokenizer: folder not found: .*/nope"):
+    with pytest.raises(RtoError, match=r"--model: folder not found: .*/nope"):
         train_sft(_sft(world, tmp_path / "o", model=str(tmp_path / "nope")))
 
 

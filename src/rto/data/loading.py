@@ -50,22 +50,14 @@ def load_rows(source: str, split: str = "train", subset: str | None = None) -> l
                 f"{path}: unsupported file type {suffix or '(no extension)'!r}; "
                 f"use one of {', '.join(FILE_SUFFIXES)} or a folder saved with datasets.save_to_disk"
             )
-    elif _looks_like_path(source):
-        raise DataError(f"{source}: no such file or folder")
     else:
+        from rto.hub import check_dataset_source
+
+        check_dataset_source(source)
         rows = _load_hub(source, split, subset)
     if not rows:
         raise DataError(f"{source}: contains no rows")
     return rows
-
-
-def _looks_like_path(source: str) -> bool:
-    """A missing local file should say 'not found', not 'could not reach the Hub'."""
-    return (
-        source.lower().endswith(FILE_SUFFIXES)
-        or source.startswith((".", "/", "~"))
-        or source.strip("/").count("/") >= 2  # a Hub name is "name" or "owner/name"
-    )
 
 
 def _read_text(path: Path) -> str:

@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 
-# The paper's variants (SPEC section 2): name -> (reward mode, advantage).
+# The paper's variants (the reward modes of the README): name -> (reward mode, advantage).
 VARIANTS = {
     "PPO": ("ppo", "gae"),
     "RTO": ("rto", "gae"),

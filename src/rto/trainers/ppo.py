@@ -43,7 +43,7 @@ from rto.data.loading import load_rows
 from rto.data.tokenize import tokenize_all, tokenize_prompt
 from rto.engines import Rollout, RolloutEngine, SamplingSettings, make_engine, sample_seeds
 from rto.errors import NonFiniteError, RtoError
-from rto.scoring import RewardModel
+from rto.hub import check_config_sources
 from rto.trainers import checkpoints, data_order, guards, metrics, optim, signals
 from rto.trainers.experience import Experience, dump_rollout, gather_experience
 from rto.trainers.ppo_models import Scorers, load_models
@@ -208,6 +208,7 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
     """Check the config, load models and prompts, build optimizers, the engine and the KL controller, and
     restore the newest checkpoint with --resume."""
     cfg.validate()
+    check_config_sources(cfg)
     acc = distributed.make_accelerator(cfg)
     cfg.validate(num_processes=acc.num_processes)
     distributed.require_support(acc, "ppo", with_critic=cfg.advantage == "gae")

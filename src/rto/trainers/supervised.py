@@ -20,6 +20,7 @@ from rto.data.formats import ColumnMap
 from rto.data.loading import load_rows
 from rto.data.tokenize import tokenize_all
 from rto.errors import NonFiniteError, RtoError
+from rto.hub import check_config_sources
 from rto.trainers import checkpoints, data_order, guards, metrics, optim, signals
 
 
@@ -35,6 +36,7 @@ def setup_stage(cfg, stage: str, to_examples, tokenize_fn):
     tokenizer, and read, convert and tokenize the data (reporting truncation). Returns
     (accelerator, output folder, tokenizer, tokenized items)."""
     cfg.validate()
+    check_config_sources(cfg)
     acc = distributed.make_accelerator(cfg)
     out = checkpoints.prepare_output_dir(acc, cfg)
     metrics.init_trackers(acc, cfg, f"rto-{stage}")
