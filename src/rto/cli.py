@@ -13,8 +13,10 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from rto.errors import RtoError
 
@@ -234,12 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"rto: unknown command '{name}'{hint}\n\n{usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=os.environ.get("RTO_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
-    )
     cmd = COMMANDS[name]
     try:
         cfg = parse_config(_load(cmd.config), argv[1:], prog=f"rto {name}")
+        configure_output(getattr(cfg, "progress", True))
         run: Callable = _load(cmd.run)
         result = run(cfg)
     except RtoError as e:
@@ -248,7 +248,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rto {name}: interrupted", file=sys.stderr)
         return 130
+    if name in TRAINING_COMMANDS and isinstance(result, Path):
+        print(f"rto {name}: done; the model is in {result}{' (critic in critic/)' if name == 'ppo' else ''}")
     return result if isinstance(result, int) else 0
+
+
+TRAINING_COMMANDS = ("sft", "rm", "dpo", "ppo")
+
+
+def configure_output(progress: bool) -> None:
+    """What a run prints: rto's own log lines (INFO; RTO_LOG_LEVEL changes it), other libraries' warnings
+    and errors only, progress bars only when asked for and on a terminal, and no deprecation notices
+    that only the libraries' authors can act on."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rto").setLevel(os.environ.get("RTO_LOG_LEVEL", "INFO"))
+    if not (progress and sys.stderr.isatty()):
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+    if os.environ.get("RTO_LOG_LEVEL", "INFO") != "DEBUG":
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"fan_in_fan_out is set to False")  # peft on GPT-2
 
 
 if __name__ == "__main__":

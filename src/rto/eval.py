@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -412,7 +413,12 @@ def evaluate(
     ]
     k, n_p = samples_per_prompt, len(prompts)
     total = len(order) * seeds * n_p * k + (seeds * n_p * best_of if best_of else 0)
-    bar = tqdm(total=total, desc="rto eval: sampling", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        desc="rto eval: sampling",
+        disable=not (progress and sys.stderr.isatty()),
+        dynamic_ncols=True,
+    )
     settings = SamplingSettings(max_new_tokens, temperature, top_p, tok.eos_token_id, tok.pad_token_id)
     common = dict(
         reps=seeds, seed=seed, batch_size=batch_size, rm=rm, progress=bar

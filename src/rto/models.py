@@ -9,6 +9,7 @@ reward model's own value head, and both save as ordinary HF folders.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -127,22 +128,54 @@ def load_causal_lm(
 
 
 def load_score_model(
-    path: str, tokenizer=None, trust_remote_code: bool = False, dtype: str | torch.dtype | None = None
+    path: str,
+    tokenizer=None,
+    trust_remote_code: bool = False,
+    dtype: str | torch.dtype | None = None,
+    fresh_head: bool = False,
 ) -> PreTrainedModel:
-    """A one-label sequence-classification model (reward model or critic). From a causal-LM folder the
-    head starts fresh (transformers says so in its log)."""
-    model = _from_pretrained(
-        "reward model",
-        "sequence-classification model",
-        AutoModelForSequenceClassification.from_pretrained,
-        path,
-        num_labels=1,
-        trust_remote_code=trust_remote_code,
-        dtype=_dtype(dtype),
-    )
+    """A one-label sequence-classification model (reward model or critic).
+
+    Its folder must hold a trained score head: a causal-LM folder (an SFT model) would get a random one,
+    and a reward model with random scores trains nothing. With ``fresh_head`` (a reward model about to
+    be trained, a critic started from a policy) a missing head starts fresh, as expected, without
+    transformers' missing-weights report."""
+    with quiet_transformers_logs():
+        model, info = _from_pretrained(
+            "reward model",
+            "sequence-classification model",
+            AutoModelForSequenceClassification.from_pretrained,
+            path,
+            num_labels=1,
+            trust_remote_code=trust_remote_code,
+            dtype=_dtype(dtype),
+            output_loading_info=True,
+        )
+    head = score_head(model)  # fail early if the architecture has no recognisable head
+    head_names = {n for n, m in model.named_modules() if m is head}
+    missing = sorted(k for k in info.get("missing_keys", ()) if k.rsplit(".", 1)[0] in head_names)
+    if missing and not fresh_head:
+        raise RtoError(
+            f"'{path}' has no trained score head ({', '.join(missing)} not in its weights): it is not a reward "
+            "model; train one from it with `rto rm --model ...`"
+        )
+    if missing:
+        log.info("%s: the score head starts fresh (%s)", path, ", ".join(missing))
     _fit_embeddings(model, tokenizer)
-    score_head(model)  # fail early if the architecture has no recognisable head
     return model
+
+
+@contextlib.contextmanager
+def quiet_transformers_logs():
+    """transformers' own log limited to errors inside the block (its load reports, progress bars)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def is_score_model(path: str, trust_remote_code: bool = False) -> bool:
@@ -315,7 +348,9 @@ def lora_wrap(model: PreTrainedModel, cfg, task_type: str = "CAUSAL_LM") -> PreT
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as e:
-        raise RtoError("--lora needs peft: pip install 'rto-rlhf[lora]'") from e
+        raise RtoError(
+            "--lora needs the peft package: pip install peft (in a clone of rto: pip install -e '.[lora]')"
+        ) from e
     targets = cfg.lora_target_modules
     target_modules = (
         targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]

@@ -71,6 +71,7 @@ def test_sft_missing_columns_suggests_close_match():
     assert "'text'" in msg and "'prompt'+'completion'" in msg and "'messages'" in msg
     assert "found ['id', 'txt']" in msg
     assert "'txt' for 'text'" in msg
+    assert msg.endswith("Rename the column, or pass --text-column txt")  # the CLI option, no internal class
 
 
 def test_sft_prompt_without_completion():
@@ -227,7 +228,7 @@ def test_preference_missing_columns_suggestion():
         to_preference_examples([{"prompt": "p", "chosen": "a", "rejectd": "b"}], source="p.json")
     msg = str(e.value)
     assert "p.json: row 1: not preference data: expected columns 'chosen'+'rejected'" in msg
-    assert "'rejectd' for 'rejected'" in msg
+    assert "'rejectd' for 'rejected'" in msg and msg.endswith("pass --rejected-column rejectd")
 
 
 def test_preference_empty_fields():

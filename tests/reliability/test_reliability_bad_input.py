@@ -280,3 +280,10 @@ def test_identical_pairs_error_names_the_row_or_are_dropped_on_request(world, tm
     assert "prefs.jsonl: row 4" in err and "identical" in err and "--identical-pairs drop" in err
     assert main([*args, "--output-dir", str(tmp_path / "b"), "--identical-pairs", "drop"]) == 0
     assert (tmp_path / "b" / "model.safetensors").is_file()
+
+
+def test_a_folder_without_a_trained_score_head_is_not_a_reward_model(world, tmp_path):
+    """An SFT folder as --reward-model would score with a random head; without normalisation nothing
+    else would notice."""
+    with pytest.raises(RtoError, match=r"has no trained score head \(score.weight not in its weights\)"):
+        train_ppo(_ppo(world, tmp_path / "o", reward_model=str(world / "sft"), normalize_rm_score=False))

@@ -73,3 +73,15 @@ def test_shared_base_ppo_scores_match_separate_models(tmp_path, lora_world, tiny
         assert r["rm_score"] == pytest.approx(score, abs=1e-5)
     assert (out / "adapter" / "adapter_config.json").is_file()
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_lora_without_peft_says_what_to_install(monkeypatch, tiny_tokenizer):
+    import sys
+
+    from rto.errors import RtoError
+    from rto.models import lora_wrap
+    from tests.conftest import make_tiny_gpt2
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft fails as if it were not installed
+    with pytest.raises(RtoError, match=r"--lora needs the peft package: pip install peft \(in a clone"):
+        lora_wrap(make_tiny_gpt2(tiny_tokenizer), PPOConfig())

@@ -71,7 +71,7 @@ def to_sft_examples(rows: list[dict], columns: ColumnMap | None = None, source: 
     keys = _first_row_keys(rows, source)
     c = columns or ColumnMap()
     if c.prompt in keys or c.completion in keys:
-        _require(source, "SFT", keys, [c.prompt, c.completion])
+        _require(source, "SFT", keys, [c.prompt, c.completion], c)
         return [_sft_prompt_completion(row, c, _Where(source, i)) for i, row in _enumerate(rows, source)]
     if c.messages in keys:
         return [_sft_messages(row, c, _Where(source, i)) for i, row in _enumerate(rows, source)]
@@ -80,7 +80,7 @@ def to_sft_examples(rows: list[dict], columns: ColumnMap | None = None, source: 
             {"prompt": None, "completion": _string(row, c.text, _Where(source, i))}
             for i, row in _enumerate(rows, source)
         ]
-    raise _missing(source, "SFT", keys, [[c.text], [c.prompt, c.completion], [c.messages]])
+    raise _missing(source, "SFT", keys, [[c.text], [c.prompt, c.completion], [c.messages]], c)
 
 
 def to_preference_examples(
@@ -97,7 +97,7 @@ def to_preference_examples(
         raise ValueError(f"identical must be 'error' or 'drop', got {identical!r}")
     columns = columns or ColumnMap()
     keys = _first_row_keys(rows, source)
-    _require(source, "preference", keys, [columns.chosen, columns.rejected])
+    _require(source, "preference", keys, [columns.chosen, columns.rejected], columns)
     out, n_identical = [], 0
     for i, row in _enumerate(rows, source):
         ex = _preference_row(row, columns, _Where(source, i))
@@ -128,7 +128,7 @@ def to_prompt_examples(
     elif c.messages in keys:
         col = c.messages
     else:
-        raise _missing(source, "prompt", keys, [[c.prompt], [c.messages]])
+        raise _missing(source, "prompt", keys, [[c.prompt], [c.messages]], c)
     out = []
     for i, row in _enumerate(rows, source):
         where = _Where(source, i)
@@ -348,23 +348,28 @@ def _first_row_keys(rows: list[dict], source: str) -> set[str]:
     return set(rows[0])
 
 
-def _require(source: str, kind: str, keys: set[str], needed: list[str]) -> None:
+def _require(source: str, kind: str, keys: set[str], needed: list[str], columns: ColumnMap) -> None:
     if not all(n in keys for n in needed):
-        raise _missing(source, kind, keys, [needed])
+        raise _missing(source, kind, keys, [needed], columns)
 
 
-def _missing(source: str, kind: str, keys: set[str], options: list[list[str]]) -> DataError:
-    """Name what was expected, what was found, and close matches ("did you mean")."""
+def _missing(
+    source: str, kind: str, keys: set[str], options: list[list[str]], columns: ColumnMap
+) -> DataError:
+    """Name what was expected, what was found, and close matches with the option that maps each
+    ("did you mean 'reject' for 'rejected'? ... --rejected-column reject")."""
     expected = " or ".join("+".join(repr(n) for n in opt) for opt in options)
     found = sorted(keys)
-    hints = []
+    role_of = {getattr(columns, f.name): f.name for f in dataclasses.fields(columns)}
+    hints, flags = [], []
     for opt in options:
         for name in opt:
             if name not in keys:
                 close = difflib.get_close_matches(name, found, n=1, cutoff=0.6)
-                if close:
+                if close and f"{close[0]!r} for {name!r}" not in hints:
                     hints.append(f"{close[0]!r} for {name!r}")
+                    flags.append(f"--{role_of.get(name, name)}-column {close[0]}")
     msg = f"{source}: row 1: not {kind} data: expected columns {expected}; found {found}"
     if hints:
-        msg += f". Did you mean {', '.join(dict.fromkeys(hints))}? Rename the column or map it with ColumnMap"
+        msg += f". Did you mean {', '.join(hints)}? Rename the column, or pass {' '.join(flags)}"
     return DataError(msg)

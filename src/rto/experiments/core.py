@@ -108,7 +108,9 @@ def run_pref_cell(spec: dict, folder: Path) -> dict:
     n = max(d.pref_batch_size, round(len(pairs) * spec["fraction"]))
     data = write_jsonl(folder / "preferences.jsonl", pairs[:n])
     # the folder is named by the spec's hash, so checkpoints in it are this cell's own (see run_rl_cell)
-    over: dict = {"resume": (folder / "model" / "checkpoints").is_dir()}
+    # (a cell without result.json and without checkpoints is computed again: it replaces what is there)
+    resume = (folder / "model" / "checkpoints").is_dir()
+    over: dict = {"resume": resume, "overwrite_output_dir": not resume}
     over["num_epochs"] = d.rm_epochs if spec["model"] == "rm" else d.dpo_epochs
     if spec.get("constant_steps"):  # as many optimizer steps as training on all the pairs takes
         from rto.trainers.data_order import total_steps_for
@@ -171,6 +173,7 @@ def run_rl_cell(spec: dict, folder: Path) -> dict:
         # the folder is named by the spec's hash, so checkpoints in it are this cell's own, left by an
         # interrupted experiment: continue them
         resume=(folder / "policy" / "checkpoints").is_dir(),
+        overwrite_output_dir=not (folder / "policy" / "checkpoints").is_dir(),
         **spec["overrides"],
     )
     every = spec.get("trajectory_every", 0)

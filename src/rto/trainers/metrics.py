@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def progress_bar(acc: Accelerator, cfg, total: int, desc: str, initial: int = 0)
         total=total,
         initial=initial,
         desc=desc,
-        disable=not (cfg.progress and acc.is_main_process),
+        disable=not (cfg.progress and acc.is_main_process and sys.stderr.isatty()),
         dynamic_ncols=True,
     )
 

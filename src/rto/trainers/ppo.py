@@ -44,6 +44,7 @@ from rto.data.tokenize import tokenize_all, tokenize_prompt
 from rto.engines import Rollout, RolloutEngine, SamplingSettings, make_engine, sample_seeds
 from rto.errors import NonFiniteError, RtoError
 from rto.hub import check_config_sources
+from rto.scoring import RewardModel
 from rto.trainers import checkpoints, data_order, guards, metrics, optim, signals
 from rto.trainers.experience import Experience, dump_rollout, gather_experience
 from rto.trainers.ppo_models import Scorers, load_models

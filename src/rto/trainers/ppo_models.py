@@ -92,7 +92,7 @@ def load_critic(cfg: PPOConfig, tok, reward: RewardModel | None) -> tuple[Any, R
     trc = cfg.trust_remote_code
     in_critic = False
     if cfg.critic:
-        critic = models.load_score_model(cfg.critic, tok, trc, cfg.dtype)
+        critic = models.load_score_model(cfg.critic, tok, trc, cfg.dtype, fresh_head=True)
         models.require_same_vocabulary(tok, models.load_tokenizer(cfg.critic, trc), "policy", "critic")
     elif reward is None or reward.kind == "model":
         if cfg.lora and reward is not None:
@@ -104,7 +104,7 @@ def load_critic(cfg: PPOConfig, tok, reward: RewardModel | None) -> tuple[Any, R
             "the reward model's tokenizer differs from the policy's, so the critic cannot start from it: "
             "starting the critic from the policy with a fresh value head"
         )
-        critic = models.load_score_model(cfg.policy, tok, trc, cfg.dtype)
+        critic = models.load_score_model(cfg.policy, tok, trc, cfg.dtype, fresh_head=True)
     if cfg.lora:
         critic = models.lora_wrap(critic, cfg, task_type="SEQ_CLS")
         if in_critic:

@@ -57,7 +57,7 @@ def measure_score_stats(acc, model, items: list[dict], pad_id: int, batch_size: 
 
 def train_reward(cfg: RewardConfig) -> Path:
     acc, out, tokenizer, items = setup_stage(cfg, "rm", to_preference_examples, tokenize_preference)
-    model = models.load_score_model(cfg.model, tokenizer, cfg.trust_remote_code, cfg.dtype)
+    model = models.load_score_model(cfg.model, tokenizer, cfg.trust_remote_code, cfg.dtype, fresh_head=True)
     if cfg.lora:
         model = models.lora_wrap(model, cfg, task_type="SEQ_CLS")
     pad = tokenizer.pad_token_id
