@@ -59,8 +59,7 @@ class RunConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Mixed precision through accelerate (GPU runs; keep "no" on CPU)."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    """Precision the models' weights are loaded in: float32, bfloat16 or float16 (half the memory; trained
-    weights then also update in that precision), or auto (the precision stored with each model)."""
+    """Precision the models' weights are loaded in: float32, bfloat16 or float16 (half the memory; trained weights then also update in that precision), or auto (the precision stored with each model)."""
     gradient_checkpointing: bool = False
     """Trade compute for memory in the trained models (GPU runs)."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
