@@ -132,6 +132,6 @@ def test_models_load_in_the_configured_dtype(tmp_path, tiny_model_dir):
 
     assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {torch.bfloat16}
     assert next(models.load_causal_lm(str(out), tok, dtype="auto").parameters()).dtype == torch.bfloat16
-    assert next(models.load_score_model(str(out), tok).parameters()).dtype == torch.float32
+    assert next(models.load_score_model(str(out), tok, fresh_head=True).parameters()).dtype == torch.float32
     with pytest.raises(RtoError, match="dtype"):
         models.load_causal_lm(str(tiny_model_dir), tok, dtype="fp8")
