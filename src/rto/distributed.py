@@ -72,7 +72,11 @@ LAYOUTS: dict[str, Layout] = {
             "fsdp1", shards_weights=True, ppo=f"rto ppo does not support FSDP yet ({_WHOLE_WEIGHTS}); use DDP"
         ),
         Layout(
-            "fsdp2", shards_weights=True, ppo=f"rto ppo does not support FSDP yet ({_WHOLE_WEIGHTS}); use DDP"
+            "fsdp2",
+            shards_weights=True,
+            ppo=f"rto ppo does not support FSDP yet ({_WHOLE_WEIGHTS}); use DDP",
+            tested="score statistics and gradient norm on hand-sharded CPU processes "
+            "(tests/distributed/test_dist_layouts.py); the stages are not tested (no GPU here)",
         ),
     )
 }

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from rto.data.tokenize import ensure_pad_token
 from rto.errors import RtoError
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
         raise RtoError(f"could not load a tokenizer from '{path}': {e}") from e
     if tok.eos_token_id is None:
         raise RtoError(f"tokenizer of '{path}' has no EOS token; set tokenizer.eos_token and save it first")
-    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
-        if tok.unk_token_id is not None and tok.unk_token_id != tok.eos_token_id:
-            tok.pad_token = tok.unk_token
-        else:
-            tok.add_special_tokens({"pad_token": "<|rto_pad|>"})
+    before = tok.pad_token
+    ensure_pad_token(tok)  # embeddings are resized to the tokenizer when a model is loaded
+    if tok.pad_token != before:
         log.warning("tokenizer of %s had no pad token distinct from EOS; using %r", path, tok.pad_token)
     tok.padding_side = padding_side
     return tok

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rto.errors import ConfigError, RtoError
+from rto.jsonl import read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
     from rto.demo import DemoConfig
@@ -30,18 +31,6 @@ N_TRAIN_PROMPTS = 4000  # training prompts written (at least n_pref_prompts)
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def split_prompts(n_train: int, n_eval: int, seed: int) -> tuple[list[str], list[str]]:

@@ -26,19 +26,22 @@ def t(*v):
 # --------------------------------------------------------------------------- SFT / BT
 
 
-def test_sft_loss_is_token_mean_nll():
+def test_sft_loss_is_token_nll_sum_and_count():
     lp = t(-1.0, -2.0, -5.0, -3.0).reshape(2, 2)
     mask = torch.tensor([[1, 0], [1, 1]])
-    assert sft_loss(lp, mask).item() == pytest.approx((1 + 5 + 3) / 3)
-    assert sft_loss(lp, torch.zeros_like(mask)).item() == 0.0
+    loss = sft_loss(lp, mask)
+    assert (loss.total.item(), loss.count.item()) == (1 + 5 + 3, 3)
+    assert loss.mean().item() == pytest.approx((1 + 5 + 3) / 3)
+    assert sft_loss(lp, torch.zeros_like(mask)).mean().item() == 0.0
 
 
 def test_bradley_terry_loss_hand_values():
-    loss, acc = bradley_terry_loss(t(1.0, 0.0, -1.0), t(0.0, 0.0, 1.0))
-    expected = (softplus(-1.0) + math.log(2) + softplus(2.0)) / 3
-    assert loss.item() == pytest.approx(expected)
-    assert acc.item() == pytest.approx(1 / 3)  # the tie counts as wrong
-    assert not acc.requires_grad
+    loss, correct = bradley_terry_loss(t(1.0, 0.0, -1.0), t(0.0, 0.0, 1.0))
+    expected = softplus(-1.0) + math.log(2) + softplus(2.0)
+    assert loss.total.item() == pytest.approx(expected)
+    assert loss.count.item() == 3 and loss.mean().item() == pytest.approx(expected / 3)
+    assert correct.item() == 1  # the tie counts as wrong
+    assert not correct.requires_grad
 
 
 # --------------------------------------------------------------------------- DPO family

@@ -333,5 +333,17 @@ def test_ensure_pad_token_replaces_pad_equal_to_eos_by_new_token():
     tok = _word_tokenizer(eos_token="<eos>", pad_token="<eos>")
     n = len(tok)
     assert ensure_pad_token(tok) is True  # the caller must resize embeddings
-    assert tok.pad_token == "<|pad|>" and tok.pad_token_id == n and len(tok) == n + 1
+    assert tok.pad_token == "<|rto_pad|>" and tok.pad_token_id == n and len(tok) == n + 1
     assert tok.pad_token_id != tok.eos_token_id
+
+
+@pytest.mark.parametrize(
+    ("specials", "pad"), [({"unk_token": "<unk>"}, "<unk>"), ({"pad_token": "<eos>"}, "<|rto_pad|>")]
+)
+def test_loading_a_tokenizer_applies_the_same_pad_rule(tmp_path, specials, pad):
+    """rto.models.load_tokenizer (what every stage uses) and ensure_pad_token choose the same pad."""
+    from rto.models import load_tokenizer
+
+    _word_tokenizer(eos_token="<eos>", **specials).save_pretrained(tmp_path)
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.pad_token == pad and tok.pad_token_id != tok.eos_token_id

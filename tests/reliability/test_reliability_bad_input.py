@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 
+from rto import jsonl
 from rto.cli import main
 from rto.config import DPOConfig, PPOConfig, SFTConfig, config_from_dict, load_yaml_config
 from rto.errors import ConfigError, RtoError
-from rto.trainers import checkpoints, metrics
+from rto.trainers import checkpoints
 from rto.trainers.ppo import train_ppo
 from rto.trainers.sft import train_sft
 from tests.conftest import make_tiny_gpt2
@@ -261,11 +262,14 @@ def test_resume_without_a_checkpoint_starts_over_and_says_so(world, tmp_path, ca
 def test_torn_last_line_of_a_log_is_skipped(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
-    assert metrics.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    assert jsonl.read_jsonl(path) == [{"step": 1}, {"step": 2}]
     path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
     with pytest.raises(RtoError, match=r"metrics\.jsonl:2: not valid JSON"):
-        metrics.read_jsonl(path)
-    metrics.truncate_jsonl(tmp_path / "absent.jsonl", "step", 1)  # nothing to do, no error
+        jsonl.read_jsonl(path)
+    jsonl.truncate_jsonl(tmp_path / "absent.jsonl", "step", 1)  # nothing to do, no error
+    assert jsonl.read_jsonl(tmp_path / "absent.jsonl", missing_ok=True) == []
+    with pytest.raises(RtoError, match="absent.jsonl: file not found"):
+        jsonl.read_jsonl(tmp_path / "absent.jsonl")
 
 
 def test_identical_pairs_error_names_the_row_or_are_dropped_on_request(world, tmp_path, capsys):

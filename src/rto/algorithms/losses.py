@@ -39,25 +39,29 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "simpo", "rdpo")
 # --------------------------------------------------------------------------- supervised / RM
 
 
-def sft_loss(token_logps: Tensor, loss_mask: Tensor) -> Tensor:
-    """Mean negative log-likelihood over completion tokens.
+def sft_loss(token_logps: Tensor, loss_mask: Tensor) -> LossSum:
+    """Negative log-likelihood of the completion tokens, as a sum over them and their count.
 
-    Token-level mean over the whole batch (every completion token weighs the same, so long
-    answers weigh more than short ones, as in ordinary LM training). 0 if no token is valid.
+    ``.mean()`` is the token-level mean over the batch (every completion token weighs the same, so
+    long answers weigh more than short ones, as in ordinary LM training; 0 if no token is valid). A
+    trainer divides the sums of every micro-batch by the global token count instead.
     """
-    return -masked_mean(token_logps, loss_mask)
+    mask = loss_mask.to(token_logps.dtype)
+    return LossSum(-(token_logps * mask).sum(), mask.sum().detach())
 
 
-def bradley_terry_loss(chosen_scores: Tensor, rejected_scores: Tensor) -> tuple[Tensor, Tensor]:
+def bradley_terry_loss(chosen_scores: Tensor, rejected_scores: Tensor) -> tuple[LossSum, Tensor]:
     """Reward-model loss under the Bradley-Terry model P(c > r) = sigmoid(s_c - s_r).
 
-    Returns ``(mean of -log sigmoid(s_c - s_r), accuracy)`` where accuracy is the detached
-    fraction of pairs with s_c > s_r (ties count as wrong).
+    Returns ``(LossSum of -log sigmoid(s_c - s_r) over the pairs, correct)`` where ``correct`` is
+    the detached number of pairs with s_c > s_r (ties count as wrong); ``.mean()`` of the first is
+    the mean loss, ``correct / len(pairs)`` the accuracy.
     """
     margin = chosen_scores - rejected_scores
-    loss = -F.logsigmoid(margin).mean()
-    acc = (margin.detach() > 0).float().mean()
-    return loss, acc
+    total = -F.logsigmoid(margin).sum()
+    correct = (margin.detach() > 0).to(margin.dtype).sum()
+    pairs = torch.full((), float(margin.numel()), dtype=margin.dtype, device=margin.device)
+    return LossSum(total, pairs), correct
 
 
 def reward_centering(chosen_scores: Tensor, rejected_scores: Tensor) -> Tensor:

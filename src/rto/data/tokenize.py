@@ -322,22 +322,26 @@ def tokenize_all(fn, tokenizer, examples: list[dict], source: str, **kw) -> tupl
 # --------------------------------------------------------------------------- tokenizer setup
 
 
+PAD_TOKEN = "<|rto_pad|>"  # added when a tokenizer has no pad token distinct from EOS (nor an UNK to reuse)
+
+
 def ensure_pad_token(tokenizer) -> bool:
     """Give the tokenizer a pad token distinct from EOS. Returns True if embeddings must be resized.
 
     Padding must never be EOS: code that finds the end of a response by looking for EOS, or
     builds masks from ids, would confuse the two. Order of preference: keep an existing pad token
     that differs from EOS; else use UNK if it exists and differs from EOS (no new embedding
-    needed); else add a new special token "<|pad|>" -- then the caller must call
-    ``model.resize_token_embeddings(len(tokenizer))`` (True is returned).
+    needed); else add a new special token PAD_TOKEN -- then the caller must call
+    ``model.resize_token_embeddings(len(tokenizer))`` (True is returned; rto.models does it when it
+    loads a model with this tokenizer).
     """
     eos_id = tokenizer.eos_token_id
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != eos_id:
         return False
     if tokenizer.pad_token is not None:
         logger.warning("the tokenizer's pad token equals its EOS token; choosing a distinct pad token")
-    if tokenizer.unk_token is not None and tokenizer.unk_token_id != eos_id:
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != eos_id:
         tokenizer.pad_token = tokenizer.unk_token
         return False
-    added = tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    added = tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return added > 0

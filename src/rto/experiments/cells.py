@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rto.jsonl import read_jsonl
+
 RESULT = "result.json"
 
 
@@ -118,7 +120,4 @@ def run_cells(
 
 def computed_log(out: str | Path) -> list[dict]:
     """The cells computed so far in ``out`` (one entry per computation, in order)."""
-    path = Path(out) / "cells.log"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(out) / "cells.log", missing_ok=True)

@@ -99,7 +99,8 @@ def pref_spec(
 
 
 def run_pref_cell(spec: dict, folder: Path) -> dict:
-    from rto.stages import read_jsonl, train_preference, train_rm, write_jsonl
+    from rto.jsonl import read_jsonl, write_jsonl
+    from rto.stages import train_preference, train_rm
 
     out = _out_of(folder)
     world = out / "world"
@@ -156,7 +157,8 @@ def rl_spec(
 
 def run_rl_cell(spec: dict, folder: Path) -> dict:
     from rto.experiments.cost import passes_per_iteration, time_per_iteration
-    from rto.stages import ppo_config, read_jsonl, run_rl
+    from rto.jsonl import read_jsonl
+    from rto.stages import ppo_config, run_rl
 
     out = _out_of(folder)
     world = out / "world"
@@ -229,7 +231,7 @@ def evaluate_policy(d: DemoConfig, world: Path, policy: Path) -> dict:
     import numpy as np
 
     from rto.eval import evaluate
-    from rto.stages import read_jsonl
+    from rto.jsonl import read_jsonl
     from rto.stats import win_outcomes
     from rto.tasks.gold import load_gold_reward
 

@@ -69,8 +69,8 @@ class Scorer:
     def __init__(self, d, world: Path, rm_dir: Path):
         from rto import models
         from rto.data.tokenize import tokenize_prompt
+        from rto.jsonl import read_jsonl
         from rto.scoring import RewardModel
-        from rto.stages import read_jsonl
         from rto.tasks.gold import load_gold_reward
 
         self.d, self.world = d, world

@@ -16,16 +16,13 @@ from typing import Any
 import numpy as np
 
 from rto.eval import split_group
+from rto.jsonl import read_jsonl
 from rto.report import plots
 from rto.report.html import write_token_rewards_html
 from rto.report.tables import comparisons_markdown, results_markdown, seeds_markdown, timings_markdown
 from rto.stats import verdict
 
 METHOD_LABELS = {"sft": "SFT (= pi_ref)", "dpo": "DPO", "ppo": "PPO", "rto": "RTO"}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def load_curves(out: Path, methods=("ppo", "rto")) -> dict[str, dict[str, Any]]:
@@ -36,7 +33,7 @@ def load_curves(out: Path, methods=("ppo", "rto")) -> dict[str, dict[str, Any]]:
         runs = sorted(
             out.glob(f"{method}-seed*/metrics.jsonl"), key=lambda p: split_group(p.parent.name)[1] or 0
         )
-        rows = [_read_jsonl(p) for p in runs]
+        rows = [read_jsonl(p) for p in runs]
         rows = [r for r in rows if r]
         if not rows:
             continue
@@ -160,8 +157,8 @@ def build_report(out: str | Path, run: dict[str, Any]) -> dict[str, Any]:
     out = Path(out)
     ev = json.loads((out / "eval" / "eval.json").read_text())
     label_stats = json.loads((out / "data" / "labels" / "label_stats.json").read_text())
-    pairs = _read_jsonl(out / "eval" / "heldout_pairs_scored.jsonl")
-    samples = _read_jsonl(out / "eval" / "samples.jsonl")
+    pairs = read_jsonl(out / "eval" / "heldout_pairs_scored.jsonl")
+    samples = read_jsonl(out / "eval" / "samples.jsonl")
     cfg = run.get("config", {})
     curves = load_curves(out)
     results, per_seed = results_rows(ev)

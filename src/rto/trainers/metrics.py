@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from rto.errors import RtoError
+from rto.jsonl import read_jsonl
 from rto.trainers.checkpoints import METRICS_FILE, checkpoint_root
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class MetricsLog:
             else:
                 saved = checkpoint_root(output_dir) / f"step-{resume_step:08d}" / METRICS_FILE
                 source = saved if saved.is_file() else self.path
-                self.history = [r for r in read_jsonl(source) if r.get("step", 0) <= resume_step]
+                self.history = [
+                    r for r in read_jsonl(source, missing_ok=True) if r.get("step", 0) <= resume_step
+                ]
                 self._write("".join(json.dumps(r) + "\n" for r in self.history))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -84,32 +87,6 @@ class MetricsLog:
                 f.write(text)
         except OSError as e:
             raise RtoError(f"could not write {self.path}: {e.strerror or e}") from e
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file we wrote; a torn last line (a crash mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                log.warning("%s: skipping a torn last line (the run was killed while writing it)", path)
-                break
-            raise RtoError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from e
-    return out
-
-
-def truncate_jsonl(path: Path, key: str, upto: int) -> None:
-    """On resume, keep the records of a JSON-lines log whose `key` is <= upto (the rest is redone)."""
-    if path.is_file():
-        kept = [r for r in read_jsonl(path) if r.get(key, 0) <= upto]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _jsonable(v):

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
-from rto import distributed, models, scoring
+from rto import distributed, jsonl, models, scoring
 from rto.algorithms.advantages import explained_variance, gae, masked_whiten, reinforce_pp_advantages
 from rto.algorithms.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rto.algorithms.logprobs import entropy_from_logits, masked_mean, shifted_token_logprobs
@@ -263,7 +263,7 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
     if acc.is_main_process and not cfg.resume and run.rollouts_path.exists():
         run.rollouts_path.unlink()
     if acc.is_main_process and cfg.resume:
-        metrics.truncate_jsonl(run.rollouts_path, "iteration", run.start)  # later iterations are redone
+        jsonl.truncate_jsonl(run.rollouts_path, "iteration", run.start)  # later iterations are redone
     return run
 
 

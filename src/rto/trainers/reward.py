@@ -11,10 +11,9 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from rto import distributed, models
-from rto.algorithms.losses import reward_centering
+from rto.algorithms.losses import bradley_terry_loss, reward_centering
 from rto.config import RewardConfig
 from rto.data.collate import collate_preference
 from rto.data.formats import to_preference_examples
@@ -64,12 +63,13 @@ def train_reward(cfg: RewardConfig) -> Path:
 
     def loss_sums(model, batch_items):
         c, r = preference_scores(model, batch_items, pad, acc.device)
-        loss = -F.logsigmoid(c - r).sum()
+        bt, correct = bradley_terry_loss(c, r)
+        loss = bt.total
         if cfg.center_rewards_coefficient:
             loss = loss + cfg.center_rewards_coefficient * reward_centering(c, r).sum()
         c, r = c.detach(), r.detach()
         return loss, {
-            "accuracy": float((c > r).float().sum()),
+            "accuracy": float(correct),
             "rewards/chosen": float(c.sum()),
             "rewards/rejected": float(r.sum()),
             "rewards/margins": float((c - r).sum()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rto import distributed, models
+from rto.algorithms.losses import sft_loss
 from rto.config import SFTConfig
 from rto.data.collate import collate_sft
 from rto.data.formats import to_sft_examples
@@ -23,9 +24,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     def loss_sums(model, batch_items):
         batch = {k: v.to(acc.device) for k, v in collate_sft(batch_items, pad).items()}
         logps = models.response_token_logps(model, batch["input_ids"], batch["attention_mask"])
-        mask = batch["completion_mask"][:, 1:].to(logps.dtype)
-        nll = -(logps * mask).sum()
-        return nll, {}
+        return sft_loss(logps, batch["completion_mask"][:, 1:]).total, {}
 
     def count(item) -> float:
         return float(sum(item["completion_mask"][1:]))
