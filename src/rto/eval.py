@@ -144,7 +144,9 @@ def sample_and_score(
     ended = np.zeros(shape, dtype=bool)
     texts: list = [[[""] * k for _ in range(P_n)] for _ in range(reps)]
     temperature = engine.settings.temperature
-    policy_lm, ref_lm = LogProbModel(policy, temperature), LogProbModel(ref, temperature)
+    excluded = engine.settings.excluded_ids  # KL of the distributions sampled from: without the pad token
+    policy_lm = LogProbModel(policy, temperature, excluded_ids=excluded)
+    ref_lm = LogProbModel(ref, temperature, excluded_ids=excluded)
     policy.eval()
     all_seeds = torch.stack([sample_seeds(seed + r, 0, torch.arange(P_n * k)) for r in range(reps)])
     for start in range(0, len(flat), batch_size):

@@ -10,7 +10,9 @@
   text re-tokenized for it (`score_texts`, also what `rto eval` and the demo use).
 
 Every scoring call runs under ``torch.inference_mode``: scores are data for the update, never part of its
-graph. Logits are divided by the sampling temperature so that log-probs match what the sampler drew from.
+graph. Logits are divided by the sampling temperature, and the tokens the sampler never draws (the pad token,
+``excluded_ids``) are left out of the normalisation, so that log-probs are of the distribution the sampler
+drew from.
 """
 
 from __future__ import annotations
@@ -30,21 +32,36 @@ BASE = "__base__"  # peft's name for "no adapter": the shared base model
 # ----------------------------------------------------------------------------- token log-probs
 
 
-def response_logps(model, ids, attn, prompt_len: int, temperature: float = 1.0, adapter: str | None = None):
+def response_logps(
+    model,
+    ids,
+    attn,
+    prompt_len: int,
+    temperature: float = 1.0,
+    adapter: str | None = None,
+    excluded_ids: tuple[int, ...] = (),
+):
     """Log-probs of the response tokens (B, R): logits at position t score token t+1."""
-    return models.response_token_logps(model, ids, attn, temperature, adapter=adapter)[:, prompt_len - 1 :]
+    logps = models.response_token_logps(
+        model, ids, attn, temperature, adapter=adapter, excluded_ids=excluded_ids
+    )
+    return logps[:, prompt_len - 1 :]
 
 
 class LogProbModel:
     """A causal LM scoring response tokens: the policy, the reference or the DPO model.
 
     ``adapter`` selects an adapter of a shared peft model without changing its active adapter (``BASE``:
-    adapters off); None scores with the model as it is."""
+    adapters off); None scores with the model as it is. ``excluded_ids``: the tokens the sampler never
+    draws (`rto.engines.never_sampled`), left out of the normalisation as the sampler leaves them out."""
 
-    def __init__(self, model, temperature: float = 1.0, adapter: str | None = None):
+    def __init__(
+        self, model, temperature: float = 1.0, adapter: str | None = None, excluded_ids: tuple[int, ...] = ()
+    ):
         self.model = model
         self.temperature = temperature
         self.adapter = adapter
+        self.excluded_ids = tuple(excluded_ids)
 
     @property
     def own_model(self):
@@ -53,7 +70,9 @@ class LogProbModel:
 
     @torch.inference_mode()
     def logps(self, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
-        return response_logps(self.model, ids, attn, prompt_len, self.temperature, self.adapter)
+        return response_logps(
+            self.model, ids, attn, prompt_len, self.temperature, self.adapter, self.excluded_ids
+        )
 
 
 def load_frozen_lm(path: str, tokenizer, trust_remote_code: bool = False, dtype=None):
@@ -71,17 +90,25 @@ def reference_model(
     shared_base: bool,
     trust_remote_code: bool = False,
     dtype=None,
+    excluded_ids: tuple[int, ...] = (),
 ) -> LogProbModel:
     """The reference policy: with a LoRA policy and no separate reference, the policy's own base with
     adapters off (no second copy of the weights); otherwise a frozen model loaded from ``path``."""
     if shared_base:
-        return LogProbModel(policy, temperature, adapter=BASE)
+        return LogProbModel(policy, temperature, adapter=BASE, excluded_ids=excluded_ids)
     model = models.freeze(models.load_causal_lm(path, tokenizer, trust_remote_code, dtype))
-    return LogProbModel(model, temperature)
+    return LogProbModel(model, temperature, excluded_ids=excluded_ids)
 
 
 def dpo_model(
-    policy, tokenizer, temperature: float, path: str, lora: bool, trust_remote_code: bool = False, dtype=None
+    policy,
+    tokenizer,
+    temperature: float,
+    path: str,
+    lora: bool,
+    trust_remote_code: bool = False,
+    dtype=None,
+    excluded_ids: tuple[int, ...] = (),
 ) -> LogProbModel:
     """The DPO model: a DPO run trained with --lora (its folder holds `adapter/`) becomes a second, frozen
     adapter on the LoRA policy's shared base; otherwise a frozen model loaded from ``path``."""
@@ -92,9 +119,9 @@ def dpo_model(
     if adapter is not None:
         policy.load_adapter(str(adapter), adapter_name="dpo", is_trainable=False)
         log.info("DPO model loaded as a frozen adapter on the shared base: %s", adapter)
-        return LogProbModel(policy, temperature, adapter="dpo")
+        return LogProbModel(policy, temperature, adapter="dpo", excluded_ids=excluded_ids)
     model = models.freeze(models.load_causal_lm(path, tokenizer, trust_remote_code, dtype))
-    return LogProbModel(model, temperature)
+    return LogProbModel(model, temperature, excluded_ids=excluded_ids)
 
 
 # ----------------------------------------------------------------------------- values

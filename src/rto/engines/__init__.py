@@ -12,6 +12,7 @@ from rto.engines.base import (
     RolloutEngine,
     SamplingSettings,
     generate_for_prompts,
+    never_sampled,
     response_mask_from_ids,
     sample_seeds,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "SamplingSettings",
     "generate_for_prompts",
     "make_engine",
+    "never_sampled",
     "response_mask_from_ids",
     "sample_seeds",
 ]

@@ -55,10 +55,15 @@ class SamplingSettings:
 
     @property
     def excluded_ids(self) -> tuple[int, ...]:
-        """The tokens never sampled (the pad token, unless it is EOS). Every scoring pass renormalises
-        over the other tokens too (``excluded_ids`` of rto.algorithms.logprobs), so the trainer scores
-        the distribution the engine samples from."""
-        return (self.pad_id,) if self.pad_id != self.eos_id else ()
+        """The tokens never sampled: `never_sampled`."""
+        return never_sampled(self.eos_id, self.pad_id)
+
+
+def never_sampled(eos_id: int, pad_id: int) -> tuple[int, ...]:
+    """The tokens no engine samples: the pad token, unless it is EOS (a sampled pad would read as padding).
+    Every scoring pass renormalises over the other tokens too (``excluded_ids`` of rto.scoring and
+    rto.algorithms.logprobs), so that the trainer scores exactly the distribution the engine samples from."""
+    return (pad_id,) if pad_id != eos_id else ()
 
 
 @runtime_checkable

@@ -222,9 +222,12 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
     tok = ms.tokenizer
     prompts = load_prompts(cfg, acc, tok)
 
-    total_steps = cfg.num_iterations * cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size)
+    steps_per_iteration = cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size)
+    total_steps = cfg.num_iterations * steps_per_iteration
+    # The actor's schedule runs over the actor's own updates: none during the critic's warm-up.
+    actor_steps = max(cfg.num_iterations - cfg.critic_warmup_iterations, 1) * steps_per_iteration
     actor_opt = optim.make_optimizer(ms.policy.parameters(), cfg.actor_lr, cfg)
-    actor_sched = optim.make_scheduler(actor_opt, cfg, total_steps)
+    actor_sched = optim.make_scheduler(actor_opt, cfg, actor_steps)
     if cfg.gradient_checkpointing:
         ms.policy.gradient_checkpointing_enable()
     critic = critic_opt = critic_sched = None
@@ -425,6 +428,7 @@ def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, 
     actor_opt, critic_opt = run.actor_opt, run.critic_opt
     actor_sched, critic_sched = run.actor_sched, run.critic_sched
     train_actor = it >= cfg.critic_warmup_iterations
+    excluded = run.scorers.policy.excluded_ids  # score as the rollout was scored: as it was sampled
     N = exp.input_ids.shape[0]
     mb = cfg.mini_batch_size
     local_mb = mb // acc.num_processes
@@ -453,7 +457,7 @@ def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, 
                 if train_actor:
                     with distributed.accumulation_step(acc, policy, last=sync):
                         logits = models.causal_lm_logits(policy, ids, attn)
-                        logps = shifted_token_logprobs(logits, ids, cfg.temperature)[:, P - 1 :]
+                        logps = shifted_token_logprobs(logits, ids, cfg.temperature, excluded)[:, P - 1 :]
                         pl, pstats = ppo_policy_loss(
                             logps, exp.logps[r], tg.advantages[r], mask, cfg.clip_eps
                         )
@@ -463,7 +467,8 @@ def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, 
                         acc.backward(pl * weight)
                     with torch.no_grad():
                         ent = masked_mean(
-                            entropy_from_logits(logits[:, P - 1 : -1].detach(), cfg.temperature), mask
+                            entropy_from_logits(logits[:, P - 1 : -1].detach(), cfg.temperature, excluded),
+                            mask,
                         )
                     stats.update(
                         policy_loss=pl_value,
@@ -504,7 +509,7 @@ def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, 
             guard.ok()
             if train_actor:
                 actor_opt.step()
-            actor_sched.step()
+                actor_sched.step()
             actor_opt.zero_grad(set_to_none=True)
             if critic is not None:
                 critic_opt.step()

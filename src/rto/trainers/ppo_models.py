@@ -14,6 +14,7 @@ from typing import Any
 
 from rto import models, scoring
 from rto.config import PPOConfig
+from rto.engines import never_sampled
 from rto.scoring import Critic, LogProbModel, RewardModel
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def load_models(cfg: PPOConfig) -> PPOModels:
     the seeded RNG)."""
     trc, T = cfg.trust_remote_code, cfg.temperature
     tok = models.load_tokenizer(cfg.policy, trc, padding_side="left")
+    X = never_sampled(tok.eos_token_id, tok.pad_token_id)  # scored as sampled: without the pad token
     policy = models.load_causal_lm(cfg.policy, tok, trc, cfg.dtype)
     if cfg.ref_model:
         models.require_same_vocabulary(
@@ -57,11 +59,11 @@ def load_models(cfg: PPOConfig) -> PPOModels:
         policy = models.lora_wrap(policy, cfg)
     shared_ref = cfg.lora and not cfg.ref_model
     reference = scoring.reference_model(
-        policy, tok, T, cfg.ref_model or cfg.policy, shared_ref, trc, cfg.dtype
+        policy, tok, T, cfg.ref_model or cfg.policy, shared_ref, trc, cfg.dtype, excluded_ids=X
     )
     dpo = None
     if cfg.reward_mode != "ppo":
-        dpo = scoring.dpo_model(policy, tok, T, cfg.dpo_model, cfg.lora, trc, cfg.dtype)
+        dpo = scoring.dpo_model(policy, tok, T, cfg.dpo_model, cfg.lora, trc, cfg.dtype, excluded_ids=X)
     reward = None
     if cfg.reward_mode != "dpo-only":
         reward = RewardModel.load(
@@ -74,7 +76,7 @@ def load_models(cfg: PPOConfig) -> PPOModels:
         if m is not None:
             models.disable_dropout(m)
     scorers = Scorers(
-        policy=LogProbModel(policy, T),
+        policy=LogProbModel(policy, T, excluded_ids=X),
         reference=reference,
         dpo=dpo,
         critic=Critic(critic) if critic is not None else None,
