@@ -159,3 +159,19 @@ def test_time_per_iteration_skips_warmup(tmp_path):
     assert t == pytest.approx({"generate": 2.0, "score": 1.0, "train": 3.0, "total": 6.0})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))  # two rows: both kept
     assert time_per_iteration(path)["generate"] == pytest.approx(5.0)
+
+
+def test_demo_settings_added_later_keep_cached_cells_valid():
+    """Settings the demo gained after cells were cached (sampling engine, temperature, top-p, samples per
+    prompt) stay out of a cell's spec at their old behaviour, so cached cells keep their hashes; any other
+    value changes the hash."""
+    import dataclasses
+
+    from rto.demo import DemoConfig, resolve
+    from rto.experiments.core import demo_spec
+
+    d = resolve(DemoConfig(preset="test", out="x"))
+    spec = demo_spec(d)
+    assert not {"engine", "temperature", "top_p", "num_samples_per_prompt", "model", "lora"} & set(spec)
+    hot = demo_spec(dataclasses.replace(d, temperature=0.7))
+    assert hot["temperature"] == 0.7 and cell_hash({"demo": hot}) != cell_hash({"demo": spec})

@@ -31,12 +31,19 @@ RL_ONLY = ("ppo_iterations", "rollout_batch_size", "mini_batch_size", "actor_lr"
            "beta1", "beta2", "beta3", "eval_samples", "best_of_n", "seeds")  # fmt: skip
 
 
+# Settings added to the demo after cells were first cached: left out of a spec while at these values (the
+# behaviour before they existed), so those cells keep their hashes; any other value enters the hash.
+_LATER_SETTINGS = {"engine": "hf", "temperature": 1.0, "top_p": 1.0, "num_samples_per_prompt": 1}
+
+
 def demo_spec(dcfg: DemoConfig) -> dict:
     # The pretrained-model settings are left out when unused, so cells cached before they existed stay valid.
     return {
         k: v
         for k, v in dataclasses.asdict(dcfg).items()
-        if k not in _RUNTIME and not (k in ("model", "lora") and not v)
+        if k not in _RUNTIME
+        and not (k in ("model", "lora") and not v)
+        and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])
     }
 
 
