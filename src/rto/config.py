@@ -186,6 +186,46 @@ class GenerationOptions:
             problems.append(f"field 'top_p' must be in (0, 1], got {self.top_p}")
 
 
+@dataclass
+class VLLMOptions:
+    """Options of the vLLM rollout engine, used with --engine vllm (`rto ppo`, `rto eval`, `rto label`;
+    docs/vllm.md)."""
+
+    vllm_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision of the vLLM engine's weights and compute (bfloat16 is what you want on a GPU)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of the GPU memory vLLM may take for its weights and KV cache; the trainer needs the rest (ignored on CPU)."""
+    vllm_kv_cache_gib: float | None = None
+    """vLLM KV cache size in GiB; default: 1 on CPU, on GPU what the memory utilization leaves."""
+    vllm_sleep_level: Literal[0, 1, 2] = 0
+    """GPU only: 1 or 2 puts the vLLM engine to sleep between rollouts so the trainer has its memory (1 keeps its weights in CPU memory, 2 drops them)."""
+    vllm_max_model_len: int | None = None
+    """Longest prompt + response the vLLM engine accepts; default: the model's context length."""
+    vllm_cuda_graphs: bool = True
+    """GPU only: vLLM captures decoding steps as CUDA graphs (faster decoding, slower start)."""
+
+    def engine_options(self) -> dict:
+        """Keyword options of `rto.engines.make_engine` for the configured engine."""
+        if getattr(self, "engine", "hf") != "vllm":
+            return {}
+        return {
+            "dtype": self.vllm_dtype,
+            "gpu_memory_utilization": self.vllm_gpu_memory_utilization,
+            "kv_cache_gib": self.vllm_kv_cache_gib,
+            "sleep_level": self.vllm_sleep_level,
+            "max_model_len": self.vllm_max_model_len,
+            "cuda_graphs": self.vllm_cuda_graphs,
+            "seed": getattr(self, "seed", 0),
+        }
+
+    def check_vllm(self, problems: list[str]) -> None:
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            problems.append(
+                f"field 'vllm_gpu_memory_utilization' must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
+        check_positive(self, problems, "vllm_kv_cache_gib", "vllm_max_model_len")
+
+
 # ----------------------------------------------------------------------------- the stages
 
 
@@ -307,7 +347,7 @@ RM_REWARD_MODES = ("ppo", "rto", "semi-rto", "ddpo", "rs-ppo")
 
 
 @dataclass
-class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions):
+class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOptions):
     """PPO with token-wise rewards (RTO and the paper's variants)."""
 
     required: ClassVar[tuple[str, ...]] = ("policy", "prompts", "output_dir")
@@ -370,6 +410,11 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions):
     """GAE lambda."""
     whiten_rewards: bool = False
     """Whiten token rewards over the rollout batch before GAE (off, as the paper)."""
+    # --- engine-trainer mismatch ---
+    rollout_correction: Literal["tis", "none"] = "tis"
+    """For an engine with its own probabilities (vllm): tis weighs each token's policy loss by min(pi_trainer / pi_engine, tis_cap) (truncated importance sampling); none does not. No effect with hf."""
+    tis_cap: float = 2.0
+    """Cap C of the truncated importance weights (rollout_correction tis); docs/vllm.md says why 2."""
     # --- optimisation ---
     num_iterations: int = 100
     """PPO iterations (rollout + update)."""
@@ -437,6 +482,8 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions):
         self.check_run(problems)
         self.check_lora(problems)
         self.check_generation(problems)
+        self.check_vllm(problems)
+        check_positive(self, problems, "tis_cap")
         if self.num_samples_per_prompt != 1:
             problems.append(
                 f"field 'num_samples_per_prompt' must be 1 in rto ppo (got {self.num_samples_per_prompt})"

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from rto.config import GenerationOptions, check_positive, missing_required, raise_problems
+from rto.config import GenerationOptions, VLLMOptions, check_positive, missing_required, raise_problems
 from rto.errors import ConfigError, RtoError
 from rto.stats import bootstrap_ci, bootstrap_diff_ci, verdict, win_outcomes, win_rate
 
@@ -280,7 +280,7 @@ def gold_matrix(members: dict[int, Samples]) -> np.ndarray:
 
 
 @dataclass
-class EvalConfig(GenerationOptions):
+class EvalConfig(GenerationOptions, VLLMOptions):
     """Evaluate policies on held-out prompts with a gold reward (see the module docstring of rto.eval)."""
 
     required: ClassVar[tuple[str, ...]] = ("policies", "prompts", "ref_model", "out")
@@ -322,6 +322,7 @@ class EvalConfig(GenerationOptions):
         """Raise a ConfigError listing every problem (missing fields first)."""
         problems = missing_required(self, self.required)
         self.check_generation(problems)
+        self.check_vllm(problems)
         for name in ("seeds", "batch_size", "max_prompt_length"):
             if getattr(self, name) < 1:
                 problems.append(f"field '{name}' must be >= 1, got {getattr(self, name)}")
@@ -381,6 +382,7 @@ def evaluate(
     progress: bool = True,
     gold_name: str = "gold",
     engine: str = "hf",
+    engine_options: dict | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sample, score and summarise every policy; returns (eval.json content, per-sample records).
 
@@ -435,7 +437,7 @@ def evaluate(
                 tok, ptok, f"reference model {ref_model}", f"policy '{name}' ({path})"
             )
             model = load_frozen_lm(path, tok)
-        sampler = make_engine(engine, model, settings)
+        sampler = make_engine(engine, model, settings, **(engine_options or {}))
         results[name] = sample_and_score(
             sampler, model, ref, tok, prompt_ids, prompts, gold_fn, k=k, **common
         )
@@ -443,7 +445,7 @@ def evaluate(
     bon = None
     if best_of:
         # Other sampling seeds than the baseline's, so the baseline's own samples are not among the N.
-        sampler = make_engine(engine, ref, settings)
+        sampler = make_engine(engine, ref, settings, **(engine_options or {}))
         draws = sample_and_score(
             sampler, ref, ref, tok, prompt_ids, prompts, gold_fn, k=best_of, with_kl=False,
             **{**common, "seed": seed + 100_003},
@@ -571,6 +573,7 @@ def run_eval(cfg: EvalConfig) -> Path:
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
         best_of=cfg.best_of_n, batch_size=cfg.batch_size, max_prompt_length=cfg.max_prompt_length,
         progress=cfg.progress, gold_name=cfg.gold_reward, engine=cfg.engine,
+        engine_options=cfg.engine_options(),
     )  # fmt: skip
     path = write_eval(cfg.out, report, records)
     print(format_table(report))

@@ -22,12 +22,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from rto.config import GenerationOptions, check_positive, missing_required, raise_problems
+from rto.config import GenerationOptions, VLLMOptions, check_positive, missing_required, raise_problems
 from rto.tasks.labeling import DEFAULT_TAU, PreferenceData, make_preference_rows, sample_responses
 
 
 @dataclass
-class LabelConfig(GenerationOptions):
+class LabelConfig(GenerationOptions, VLLMOptions):
     """Sample response pairs from a policy and label them with a gold reward (Bradley-Terry)."""
 
     required: ClassVar[tuple[str, ...]] = ("prompts", "policy", "out")
@@ -61,6 +61,7 @@ class LabelConfig(GenerationOptions):
         """Raise a ConfigError listing every problem (missing fields first)."""
         problems = missing_required(self, self.required)
         self.check_generation(problems, greedy_allowed=True)
+        self.check_vllm(problems)
         if self.num_samples_per_prompt % 2:
             problems.append(
                 f"field 'num_samples_per_prompt' must be even (responses are paired), got {self.num_samples_per_prompt}"
@@ -92,6 +93,7 @@ def label_pairs(
     top_p: float = 1.0,
     batch_size: int = 128,
     engine: str = "hf",
+    engine_options: dict | None = None,
 ) -> tuple[PreferenceData, dict[str, float]]:
     """Sample 2 * pairs_per_prompt responses per prompt, score them with the gold reward and label the
     pairs by Bradley-Terry sampling. Returns the data (rows hold prompt/chosen/rejected only) and its
@@ -102,6 +104,7 @@ def label_pairs(
     samples = sample_responses(
         model, tokenizer, list(prompts), n_per_prompt=2 * pairs_per_prompt, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size, engine=engine,
+        engine_options=engine_options,
     )  # fmt: skip
     pair_prompts, a, b = [], [], []
     for p, rs in zip(prompts, samples):
@@ -172,7 +175,7 @@ def run_label(cfg: LabelConfig) -> Path:
     data, s = label_pairs(
         model, tok, prompts, gold_fn, pairs_per_prompt=cfg.num_samples_per_prompt // 2, tau=cfg.tau, seed=cfg.seed,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-        batch_size=cfg.batch_size, engine=cfg.engine,
+        batch_size=cfg.batch_size, engine=cfg.engine, engine_options=cfg.engine_options(),
     )  # fmt: skip
     out, side = write_preferences(cfg.out, data)
     print(

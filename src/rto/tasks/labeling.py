@@ -110,6 +110,7 @@ def sample_responses(
     seed: int = 0,
     batch_size: int = 32,
     engine: str = "hf",
+    engine_options: dict | None = None,
 ) -> list[list[str]]:
     """``n_per_prompt`` sampled responses for each prompt: out[i][j] is the j-th response to prompts[i].
 
@@ -131,7 +132,7 @@ def sample_responses(
         max_new_tokens, temperature, top_p, tokenizer.eos_token_id, tokenizer.pad_token_id
     )
     was_training = model.training
-    sampler = make_engine(engine, model, settings)
+    sampler = make_engine(engine, model, settings, **(engine_options or {}))
     texts: list[str] = []
     try:
         for start in range(0, len(flat), batch_size):

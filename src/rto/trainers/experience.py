@@ -26,6 +26,7 @@ class Experience:
     values: torch.Tensor | None
     scores: torch.Tensor  # (B,) raw RM scores (zeros in dpo-only)
     sample_index: torch.Tensor  # (B,) position in the global rollout batch
+    engine_logps: torch.Tensor | None = None  # (B, R) the engine's own log-probs (engines that give them)
 
 
 def gather_experience(acc, exp: Experience, pad_id: int) -> Experience:
@@ -49,6 +50,8 @@ def gather_experience(acc, exp: Experience, pad_id: int) -> Experience:
         tok_fields["dpo_logps"] = exp.dpo_logps
     if exp.values is not None:
         tok_fields["values"] = exp.values
+    if exp.engine_logps is not None:
+        tok_fields["engine_logps"] = exp.engine_logps
     out = {}
     for k, t in {**row, **tok_fields}.items():
         fill = pad_id if k == "ids" else 0
@@ -60,6 +63,7 @@ def gather_experience(acc, exp: Experience, pad_id: int) -> Experience:
         input_ids=out["ids"], attention_mask=out["attn"], prompt_len=P_max, mask=out["mask"],
         ended=out["ended"], logps=out["logps"], ref_logps=out["ref_logps"], dpo_logps=out.get("dpo_logps"),
         values=out.get("values"), scores=out["scores"], sample_index=out["sample_index"],
+        engine_logps=out.get("engine_logps"),
     )  # fmt: skip
 
 
@@ -88,6 +92,7 @@ def dump_rollout(path: Path, it: int, tok, exp: Experience, tg) -> None:
                 "rm_score": float(exp.scores[b]),
                 "rm_score_normalized": float(tg.norm_scores[b]),
                 "logps": seq(exp.logps),
+                "engine_logps": seq(exp.engine_logps),
                 "ref_logps": seq(exp.ref_logps),
                 "dpo_logps": seq(exp.dpo_logps),
                 "values": seq(exp.values),

@@ -20,6 +20,7 @@ and mini-batches are the same global sets of samples whatever the number of proc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ from rto.algorithms.kl import AdaptiveKLController, FixedKLController, kl_penalt
 from rto.algorithms.logprobs import entropy_from_logits, masked_mean, shifted_token_logprobs
 from rto.algorithms.losses import ppo_policy_loss, value_loss
 from rto.algorithms.rewards import compose_token_rewards
+from rto.algorithms.rollout_correction import logprob_mismatch, truncated_is_weights
 from rto.config import PPOConfig
 from rto.data.collate import collate_prompts
 from rto.data.formats import ColumnMap, to_prompt_examples
@@ -114,6 +116,7 @@ def score_rollout(
         input_ids=ids, attention_mask=attn, prompt_len=P, mask=roll.response_mask, ended=roll.ended,
         logps=logps, ref_logps=ref_logps, dpo_logps=dpo_logps, values=values, scores=scores,
         sample_index=sample_index.to(ids.device),
+        engine_logps=None if roll.engine_logps is None else roll.engine_logps.to(ids.device),
     )  # fmt: skip
 
 
@@ -169,6 +172,22 @@ def compute_targets(
         adv = reinforce_pp_advantages(token_rewards, mask, gamma=cfg.gamma)
         returns = adv
     return Targets(rewards=rewards, advantages=adv, returns=returns, kl=kl, norm_scores=scores)
+
+
+def engine_correction(cfg: PPOConfig, exp: Experience) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """For an engine that returned its own log-probs: the engine-trainer mismatch on the sampled tokens
+    (always logged) and, with rollout_correction tis, the truncated importance weights the update applies
+    to the advantages (docs/vllm.md). (None, {}) for an engine without log-probs (hf)."""
+    if exp.engine_logps is None:
+        return None, {}
+    stats = logprob_mismatch(exp.logps, exp.engine_logps, exp.mask)
+    if cfg.rollout_correction != "tis":
+        return None, stats
+    w = truncated_is_weights(exp.logps, exp.engine_logps, exp.mask, cfg.tis_cap)
+    valid = exp.mask.bool()
+    stats["tis_weight_mean"] = float(w[valid].mean()) if valid.any() else 1.0
+    stats["tis_capped_frac"] = float((w[valid] >= cfg.tis_cap).float().mean()) if valid.any() else 0.0
+    return w, stats
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -249,10 +268,11 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
         if cfg.adaptive_kl
         else FixedKLController(cfg.beta2)
     )
+    engine = make_engine(cfg.engine, lambda: policy, settings, **cfg.engine_options())
     run = PPORun(
         cfg=cfg, acc=acc, out=out, tokenizer=tok, prompts=prompts, policy=policy, critic=critic,
         actor_opt=actor_opt, critic_opt=critic_opt, actor_sched=actor_sched, critic_sched=critic_sched,
-        scorers=ms.scorers, engine=make_engine(cfg.engine, lambda: policy, settings), kl_ctl=kl_ctl,
+        scorers=ms.scorers, engine=engine, kl_ctl=kl_ctl,
         guard=guards.SkipGuard(cfg),  # on_nonfinite: stop, or skip with a limit on skips in a row
         delimiters=delimiter_table(tok, cfg.delimiters())
         if cfg.reward_mode == "semi-rto"
@@ -315,6 +335,7 @@ def ppo_iteration(
     t1 = time.perf_counter()
     signals.pause_point("rollout", it + 1)
     # 2. score --------------------------------------------------------------------------------------
+    run.policy.eval()  # scoring in eval mode, whatever the engine did with the policy
     with observer.phase("score"):
         exp = score_rollout(run.scorers, roll, [x["prompt"] for x in local_items], sample_index, observer)
         exp = gather_experience(acc, exp, tok.pad_token_id)
@@ -330,6 +351,7 @@ def ppo_iteration(
                 "reference log-probs": exp.ref_logps[valid],
                 "DPO log-probs": None if exp.dpo_logps is None else exp.dpo_logps[valid],
                 "critic values": None if exp.values is None else exp.values[valid],
+                "engine log-probs": None if exp.engine_logps is None else exp.engine_logps[valid],
                 "token rewards": tg.rewards.total,
                 "advantages": tg.advantages,
                 "returns": tg.returns,
@@ -348,7 +370,11 @@ def ppo_iteration(
         dump_rollout(run.rollouts_path, it, tok, exp, tg)
     # 5. update -------------------------------------------------------------------------------------
     with observer.phase("train"):
-        upd = ppo_update(run, exp, tg, it)
+        is_weights, engine_stats = engine_correction(cfg, exp)
+        tg_update = (
+            tg if is_weights is None else dataclasses.replace(tg, advantages=tg.advantages * is_weights)
+        )
+        upd = ppo_update(run, exp, tg_update, it)
     t3 = time.perf_counter()
     # metrics ---------------------------------------------------------------------------------------
     mask = exp.mask.bool()
@@ -372,6 +398,7 @@ def ppo_iteration(
         "time_score_s": t2 - t1,
         "time_train_s": t3 - t2,
         "tokens_per_s": int(mask.sum()) / max(t3 - t0, 1e-9),
+        **engine_stats,
         **upd,
         **hook_metrics,
     }
