@@ -77,6 +77,8 @@ class BenchConfig:
     """torch intra-op threads (0 keeps torch's default)."""
     seed: int = 0
     """Seed of the world (tokenizer corpus, weights, prompts) and of sampling."""
+    engines: tuple[Literal["hf", "vllm"], ...] = ()
+    """Also time rollout generation by each of these engines on the bench's shapes, same policy, prompts and seeds (e.g. --engines hf vllm; vllm needs the vllm package)."""
     compare: Literal["none", "trl"] = "none"
     """Also time TRL's experimental PPO trainer on the same world and shapes (needs trl <= 1.12 importable)."""
     json_out: str | None = None
@@ -502,6 +504,16 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
         }
         if cfg.compare == "trl":
             result["compare"] = {"trl": compare_trl(cfg, root, items, modes["ppo"]["iteration_s"])}
+        if cfg.engines:
+            from rto.bench.engines import compare_engines
+
+            load_before = _load()
+            result["engines"] = compare_engines(
+                list(dict.fromkeys(cfg.engines)), root / "sft", items, rollout_batch_size=B,
+                max_new_tokens=cfg.max_new_tokens, warmup_iterations=cfg.warmup_iterations,
+                iterations=cfg.iterations, statistic=cfg.statistic, seed=cfg.seed,
+            )  # fmt: skip
+            result["engines_load_avg"] = {"start": load_before, "end": _load()}
     finally:
         if own_dir:
             shutil.rmtree(root, ignore_errors=True)

@@ -96,6 +96,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"inference mode: {ck['scoring_under_inference_mode']}; tokenizer calls in the hot path: "
         f"{ck['tokenizer_calls_in_hot_path']}"
     )
+    if "engines" in result:
+        from rto.bench.engines import format_engines
+
+        load = result["engines_load_avg"]
+        lines += format_engines(result["engines"]) + [f"  load avg {load['start']} -> {load['end']}"]
     trl_res = result.get("compare", {}).get("trl")
     if trl_res is not None:
         if "skipped" in trl_res:
