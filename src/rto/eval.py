@@ -158,7 +158,7 @@ def sample_and_score(
         full_ids, full_attn = roll.input_ids, roll.attention_mask
         resp_texts = tokenizer.batch_decode(roll.response_ids, skip_special_tokens=True)
         prm = [prompts[i] for _, i, _ in chunk]
-        g = gold_fn(prm, resp_texts)
+        g = gold_fn([prompt_text(p) for p in prm], resp_texts)
         if with_kl and ref is not None and ref is not policy:
             lp, lp_ref = policy_lm.logps(full_ids, full_attn, P), ref_lm.logps(full_ids, full_attn, P)
             kls = ((lp * mask).sum(-1) - (lp_ref * mask).sum(-1)).tolist()
@@ -348,14 +348,22 @@ def parse_policies(specs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def load_prompt_texts(source: str, max_prompts: int = 0) -> list[str]:
+def prompt_text(prompt: str | list[dict]) -> str:
+    """What a gold reward function sees of a prompt: a string as it is, a conversation as "role: content"
+    lines (independent of any model's chat template)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def load_prompt_texts(source: str, max_prompts: int = 0) -> list[str | list[dict]]:
+    """Prompts in every format `rto ppo` reads: a 'prompt' column of strings or of message lists, or a
+    'messages' column (the final assistant turn dropped). Sampling renders them as PPO does
+    (``encode_prompt``: the tokenizer's chat template for conversations, plain strings as they are)."""
     from rto.data.formats import to_prompt_examples
     from rto.data.loading import load_rows
 
-    examples = to_prompt_examples(load_rows(source), source=source)
-    prompts = [e["prompt"] for e in examples]
-    if any(not isinstance(p, str) for p in prompts):
-        raise RtoError(f"{source}: rto eval needs plain-text prompts (a 'prompt' column of strings)")
+    prompts = [e["prompt"] for e in to_prompt_examples(load_rows(source), source=source)]
     if max_prompts > 0:
         prompts = prompts[:max_prompts]
     if not prompts:

@@ -82,7 +82,7 @@ def gold_sidecar_path(out: str | Path) -> Path:
 def label_pairs(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[dict]],
     gold_fn: Callable[[list[str], list[str]], list[float]],
     *,
     pairs_per_prompt: int = 1,
@@ -112,7 +112,10 @@ def label_pairs(
             pair_prompts.append(p)
             a.append(rs[2 * j])
             b.append(rs[2 * j + 1])
-    gold = gold_fn(pair_prompts + pair_prompts, a + b)
+    from rto.eval import prompt_text
+
+    texts = [prompt_text(p) for p in pair_prompts]
+    gold = gold_fn(texts + texts, a + b)
     n = len(a)
     data = make_preference_rows(pair_prompts, a, b, gold[:n], gold[n:], tau=tau, seed=seed)
     keep = [i for i, r in enumerate(data.rows) if r["chosen"].strip() and r["rejected"].strip()]
@@ -122,15 +125,18 @@ def label_pairs(
 
 
 def write_preferences(out: str | Path, data: PreferenceData) -> tuple[Path, Path]:
-    """Rows to ``out`` and gold values to the sidecar; returns both paths."""
+    """Rows to ``out`` and gold values to the sidecar; returns both paths. A conversational prompt (a
+    message list) gets its responses as assistant turns, TRL's conversational preference format."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         for row in data.rows:
-            f.write(
-                json.dumps({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
-                + "\n"
+            chat = isinstance(row["prompt"], list)
+            chosen, rejected = (
+                ([{"role": "assistant", "content": row[k]}] if chat else row[k])
+                for k in ("chosen", "rejected")
             )
+            f.write(json.dumps({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected}) + "\n")
     side = gold_sidecar_path(out)
     with side.open("w") as f:
         for i, g in enumerate(data.gold):
