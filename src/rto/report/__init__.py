@@ -19,8 +19,16 @@ from rto.eval import split_group
 from rto.jsonl import read_jsonl
 from rto.report import plots
 from rto.report.html import write_token_rewards_html
-from rto.report.tables import comparisons_markdown, results_markdown, seeds_markdown, timings_markdown
+from rto.report.tables import (
+    ci_text,
+    comparisons_markdown,
+    fmt,
+    results_markdown,
+    seeds_markdown,
+    timings_markdown,
+)
 from rto.stats import verdict
+from rto.tasks.gold import describe_gold
 
 METHOD_LABELS = {"sft": "SFT (= pi_ref)", "dpo": "DPO", "ppo": "PPO", "rto": "RTO"}
 
@@ -152,6 +160,33 @@ def learned_reward_stats(pairs: list[dict]) -> dict[str, Any]:
     }
 
 
+# What each demo preset is for (the report names the one that was run).
+PRESET_PURPOSE = {
+    "test": "seconds, for the test suite: too small to learn anything",
+    "smoke": "about a minute: checks that every stage runs, too small for conclusions",
+    "default": "the measured comparison, under 10 minutes on 2 CPU cores",
+    "smollm2": "the pretrained SmolLM2-135M-Instruct on real chat prompts, with LoRA",
+}
+
+
+def learned_reward_warnings(stats: dict[str, Any]) -> list[str]:
+    """A warning for each learned reward that ranks the held-out pairs below chance (by gold): RL against
+    it optimises something other than the gold reward, so the RL results say little."""
+    out = []
+    for key, name in (
+        ("rm_accuracy_vs_gold", "reward model"),
+        ("dpo_accuracy_vs_gold", "DPO model's implicit reward"),
+    ):
+        acc = stats.get(key)
+        if stats.get("pairs") and acc is not None and acc < 0.5:
+            out.append(
+                f"Warning: the {name} ranks the higher-gold response first in only {acc:.0%} of "
+                f"{stats['pairs']} held-out pairs, below chance (50%); it has not learned the gold preference "
+                "(more preference pairs or epochs), and RL against it is not a test of PPO or RTO."
+            )
+    return out
+
+
 def build_report(out: str | Path, run: dict[str, Any]) -> dict[str, Any]:
     """Write plots/, token_rewards.html, report.md and report.json under ``out``; returns the report dict."""
     out = Path(out)
@@ -178,18 +213,22 @@ def build_report(out: str | Path, run: dict[str, Any]) -> dict[str, Any]:
     verdict_text = main["verdict"] if main else "not measured"
     rto, ppo = results.get("rto"), results.get("ppo")
     if main and rto and ppo:
+        n_rl = len(rto.get("seeds", []))
         sentence = (
             f"Verdict on this run: {verdict_text}. Mean gold reward on {ev['n_prompts']} held-out prompts: RTO "
-            f"{rto['gold_mean']:+.3f} [{rto['gold_ci'][0]:+.3f}, {rto['gold_ci'][1]:+.3f}], PPO {ppo['gold_mean']:+.3f} "
-            f"[{ppo['gold_ci'][0]:+.3f}, {ppo['gold_ci'][1]:+.3f}]; RTO - PPO = {main['diff']:+.3f} "
-            f"[{main['ci'][0]:+.3f}, {main['ci'][1]:+.3f}] (95% CI, bootstrap over {len(rto.get('seeds', []))} RL "
-            f"seed(s) and the prompts). KL to the SFT model: RTO {rto['kl_mean']:.2f}, PPO {ppo['kl_mean']:.2f} "
-            "(compare at equal KL on the gold-vs-KL plot)."
+            f"{fmt(rto['gold_mean'], '+.3f')} {ci_text(rto['gold_ci'])}, PPO {fmt(ppo['gold_mean'], '+.3f')} "
+            f"{ci_text(ppo['gold_ci'])}; RTO - PPO = {fmt(main['diff'], '+.3f')} {ci_text(main['ci'])} (95% CI, bootstrap "
+            f"over {n_rl} RL seed{'s' if n_rl != 1 else ''} and the prompts). KL to the SFT model: RTO "
+            f"{fmt(rto['kl_mean'], '.2f')}, PPO {fmt(ppo['kl_mean'], '.2f')} (compare at equal KL on the gold-vs-KL plot)."
         )
         if len(rto.get("seeds", [])) < 2 or len(ppo.get("seeds", [])) < 2:
             sentence += " With one RL seed the interval covers prompt noise only, not seed-to-seed variation."
     else:
         sentence = "Verdict on this run: PPO and RTO were not both evaluated."
+    learned = learned_reward_stats(pairs)
+    warnings = learned_reward_warnings(learned)
+    if warnings:
+        sentence += " " + " ".join(warnings)
 
     plot_dir = out / "plots"
     plot_paths: dict[str, str] = {}
@@ -234,7 +273,9 @@ def build_report(out: str | Path, run: dict[str, Any]) -> dict[str, Any]:
     for s in samples:
         key = s["group"] if s["group"] in ("ppo", "rto") else s["policy"]
         lengths.setdefault(key, []).append(s["length"])
-    plot_paths["lengths"] = str(plots.length_distributions(lengths, plot_dir / "lengths.png"))
+    plot_paths["lengths"] = str(
+        plots.length_distributions(lengths, plot_dir / "lengths.png", cap=ev.get("max_new_tokens"))
+    )
 
     report: dict[str, Any] = {
         "verdict": verdict_text,
@@ -242,7 +283,8 @@ def build_report(out: str | Path, run: dict[str, Any]) -> dict[str, Any]:
         "results": results,
         "per_seed": per_seed,
         "comparisons": comparisons,
-        "learned_rewards_heldout": learned_reward_stats(pairs),
+        "learned_rewards_heldout": learned,
+        "warnings": warnings,
         "labels": label_stats,
         "curves": curves,
         "eval_settings": {
@@ -300,23 +342,27 @@ def render_markdown(report: dict[str, Any]) -> str:
     total = run.get("total_s_before_report", sum(t.values()))
     machine = run.get("machine", {})
     n_seeds = cfg.get("seeds", 1)
+    gold = ev.get("gold_reward", cfg.get("gold_reward", "vader"))
     rollouts = cfg.get("ppo_iterations", 0) * cfg.get("rollout_batch_size", 0)
     p = report["plots"]
     lines = [
         "# RTO vs PPO on the controlled-sentiment task"
-        + (f" with {cfg['model']}" if cfg.get("model") else ""),
+        + (f" with {cfg['model']}" if cfg.get("model") else "")
+        + (f" (preset {cfg['preset']})" if cfg.get("preset") else ""),
         "",
         f"**{report['verdict_sentence']}**",
         "",
         "## What was measured",
         "",
+        f"- **Preset.** `rto demo --preset {cfg.get('preset', '?')}`"
+        + (f" ({PRESET_PURPOSE[cfg['preset']]})" if cfg.get("preset") in PRESET_PURPOSE else "")
+        + "; the settings below are its values unless changed on the command line.",
         (
             "- **Task.** Real short English user turns (chatterbot-corpus) in the model's chat template. The gold reward is "
             if cfg.get("model")
             else "- **Task.** Generated review-like texts; prompts are review openings. The gold reward is "
         )
-        + f"`{ev.get('gold_reward', cfg.get('gold_reward'))}` (default: VADER compound sentiment of the response times a "
-        "well-formedness factor, in [-1, 1]). The reward model and the DPO model only ever saw Bradley-Terry labels "
+        + f"`{gold}`: {describe_gold(gold)}. The reward model and the DPO model only ever saw Bradley-Terry labels "
         f"sampled from it (tau = {lab.get('tau')}), never the gold function.",
         _models_line(cfg),
         f"- **Preferences.** {lab['train']['pairs']} labelled pairs (2 SFT samples per prompt on "
@@ -328,13 +374,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{cfg.get('mini_batch_size')}, {cfg.get('ppo_epochs')} PPO epoch(s), actor lr {cfg.get('actor_lr')}, critic lr "
         f"{cfg.get('critic_lr')}, KL coefficient beta2 = {cfg.get('beta2')}, RM weight beta3 = {cfg.get('beta3')}; RTO adds "
         f"the DPO token reward with beta1 = {cfg.get('beta1')}. Same SFT start and reference, same RM (critic initialised "
-        f"from it), same prompts. {n_seeds} RL seed(s) per method; SFT, preference data, RM and DPO are shared by all "
-        "seeds.",
+        f"from it), same prompts. {n_seeds} RL seed{'s' if n_seeds != 1 else ''} per method; SFT, preference data, RM "
+        "and DPO are shared by all seeds.",
         f"- **Evaluation.** {ev.get('n_prompts')} held-out prompts (openings never used for preferences or RL), "
         f"{ev.get('samples_per_prompt')} sample(s) per prompt and policy at temperature {ev.get('temperature')}, at most "
         f"{ev.get('max_new_tokens')} new tokens. CIs: {ev.get('ci')}. Win rate: against the SFT model's sample for the "
         "same prompt and sampling seed, judged by gold, ties count half. KL: sampled, per sequence, "
-        "sum of log pi - log pi_ref over the policy's own response tokens.",
+        "sum of log pi - log pi_ref over the policy's own response tokens (an unbiased estimate of KL(pi || "
+        "pi_ref), which can come out slightly negative when the true KL is near zero).",
         f"- **Run time.** {total / 60:.1f} min for all stages up to evaluation on {machine.get('cpu_count')} CPUs "
         f"({machine.get('workers', 1)} worker process(es) x {machine.get('torch_threads')} torch thread(s); load "
         f"average at start {machine.get('load_average_start')}, at end {machine.get('load_average_end')}; other jobs "
@@ -350,7 +397,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         results_markdown(report["results"]),
         "",
         "Best-of-N reads the gold reward at test time: it is an oracle upper reference, not a competitor; its KL is "
-        "the analytic log N - (N-1)/N.",
+        "the analytic log N - (N-1)/N."
+        + (
+            " A negative KL is sampling noise around a KL close to zero (the estimate is unbiased, not always "
+            "positive)."
+            if any(r.get("kl_mean", 0) < 0 for r in report["results"].values())
+            else ""
+        ),
         "",
         comparisons_markdown(report["comparisons"]),
         "",
@@ -365,7 +418,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("|---|---|---|---|---|")
         for m, c in curves.items():
             for s, (g, k) in enumerate(zip(c["gold_per_seed"], c["kl_per_seed"])):
-                lines.append(f"| {m.upper()} | {s} | {g[0]:+.3f} | {g[-1]:+.3f} | {k[-1]:.2f} |")
+                lines.append(
+                    f"| {m.upper()} | {s} | {fmt(g[0], '+.3f')} | {fmt(g[-1], '+.3f')} | {fmt(k[-1], '.2f')} |"
+                )
         lines.append("")
     lines += [
         "## Learned rewards on held-out preference pairs",
@@ -378,14 +433,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     if lr.get("pairs"):
         lines += [
             f"| reward model | {lr['rm_accuracy_vs_labels']:.1%} | {lr['rm_accuracy_vs_gold']:.1%} | "
-            f"{lr['rm_score_corr_with_gold']:+.2f} |",
+            f"{fmt(lr['rm_score_corr_with_gold'], '+.2f')} |",
             f"| DPO implicit reward (summed token rewards) | {lr['dpo_accuracy_vs_labels']:.1%} | "
-            f"{lr['dpo_accuracy_vs_gold']:.1%} | {lr['dpo_reward_corr_with_gold']:+.2f} |",
+            f"{lr['dpo_accuracy_vs_gold']:.1%} | {fmt(lr['dpo_reward_corr_with_gold'], '+.2f')} |",
             f"| the labels themselves | 100% | {lr['label_agrees_with_gold']:.1%} | |",
             "",
-            f"Mean summed DPO reward: chosen {lr['dpo_reward_chosen_mean']:+.3f}, rejected "
-            f"{lr['dpo_reward_rejected_mean']:+.3f}.",
+            f"Mean summed DPO reward: chosen {fmt(lr['dpo_reward_chosen_mean'], '+.3f')}, rejected "
+            f"{fmt(lr['dpo_reward_rejected_mean'], '+.3f')}.",
         ]
+        lines += [""] + [f"**{w}**" for w in report.get("warnings", [])]
     lines += ["", "## Plots", ""]
     captions = [
         ("curves", "Gold reward (left), normalised RM score (middle) and KL to the reference (right) of the rollout "

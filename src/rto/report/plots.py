@@ -46,12 +46,21 @@ def curves_vs_iteration(curves: dict, refs: dict[str, float], path: Path) -> Pat
         for method, c in curves.items():
             x = np.asarray(c["iterations"])
             ys = np.asarray(c[key + "_per_seed"], dtype=float)
-            ax.plot(x, ys.mean(0), color=_color(method), label=f"{method.upper()} (mean of {len(ys)} seeds)")
+            n = len(ys)
+            ax.plot(
+                x,
+                ys.mean(0),
+                color=_color(method),
+                label=f"{method.upper()} ({'mean of ' if n > 1 else ''}{n} seed{'s' if n > 1 else ''})",
+            )
             if len(ys) > 1:
                 ax.fill_between(x, ys.min(0), ys.max(0), color=_color(method), alpha=0.2, linewidth=0)
         if key == "gold":
-            for name, v in refs.items():
-                ax.axhline(v, color=_color(name), linestyle="--", linewidth=1, label=f"{name} (eval)")
+            # distinct dash patterns and the values in the legend: equal references stay visible
+            styles = [(0, (6, 3)), (0, (1, 2)), (0, (4, 2, 1, 2)), (0, (8, 2, 1, 2, 1, 2))]
+            for i, (name, v) in enumerate(refs.items()):
+                ax.axhline(v, color=_color(name), linestyle=styles[i % len(styles)], linewidth=1.4,
+                           label=f"{name} (eval, {v:+.3f})")  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("PPO iteration")
         ax.grid(alpha=0.3)
@@ -112,8 +121,9 @@ def dpo_reward_histogram(chosen: list[float], rejected: list[float], path: Path)
     return _save(fig, path)
 
 
-def length_distributions(lengths: dict[str, list[float]], path: Path) -> Path:
-    """Response length (tokens) per method on the held-out prompts, as step histograms."""
+def length_distributions(lengths: dict[str, list[float]], path: Path, cap: int | None = None) -> Path:
+    """Response length (tokens) per method on the held-out prompts, as step histograms; ``cap`` (the
+    max_new_tokens of the evaluation) is marked: responses there were cut, not ended."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     top = max((max(v) for v in lengths.values() if len(v)), default=1)
@@ -121,6 +131,10 @@ def length_distributions(lengths: dict[str, list[float]], path: Path) -> Path:
     for name, v in lengths.items():
         ax.hist(v, bins=bins, histtype="step", linewidth=1.6, density=True, color=_color(name),
                 label=f"{name} (mean {np.mean(v):.1f})")  # fmt: skip
+    if cap:
+        ax.axvline(
+            cap, color="black", linestyle=":", linewidth=1.2, label=f"length cap (max_new_tokens = {cap})"
+        )
     ax.set_xlabel("response length (tokens, EOS excluded)")
     ax.set_ylabel("share of responses")
     ax.set_title("Response lengths on held-out prompts")

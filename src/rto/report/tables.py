@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 
-def _ci(v: list[float] | None, fmt: str = "+.3f") -> str:
-    return "" if not v else f"[{v[0]:{fmt}}, {v[1]:{fmt}}]"
+def fmt(v: float, spec: str) -> str:
+    """``format(v, spec)`` without a negative zero: -0.0004 at 3 decimals is 0.000 (or +0.000), not -0.000."""
+    s = format(v, spec)
+    if s.startswith("-") and not s.strip("-+0.%"):
+        s = format(0.0, spec)
+    return s
 
 
-def _num(v, fmt: str) -> str:
-    return "n/a" if v is None else f"{v:{fmt}}"
+def ci_text(v: list[float] | None, spec: str = "+.3f") -> str:
+    return "" if not v else f"[{fmt(v[0], spec)}, {fmt(v[1], spec)}]"
+
+
+def _num(v, spec: str) -> str:
+    return "n/a" if v is None else fmt(v, spec)
 
 
 RESULT_COLUMNS = (
-    "method", "gold reward [95% CI]", "win rate vs SFT [95% CI]", "KL to SFT", "RM score (norm.)",
+    "method", "gold reward [95% CI]", "win rate vs SFT [95% CI]", "KL to SFT (sampled)", "RM score (norm.)",
     "length (tokens)", "EOS rate", "distinct-1", "distinct-2",
 )  # fmt: skip
 
@@ -27,8 +35,8 @@ def results_markdown(results: dict) -> str:
             + " | ".join(
                 [
                     r["label"],
-                    f"{r['gold_mean']:+.3f} {_ci(r['gold_ci'])}",
-                    f"{r['win_rate']:.3f} {_ci(r.get('win_rate_ci'), '.3f')}",
+                    f"{fmt(r['gold_mean'], '+.3f')} {ci_text(r['gold_ci'])}",
+                    f"{r['win_rate']:.3f} {ci_text(r.get('win_rate_ci'), '.3f')}",
                     kl,
                     _num(r.get("rm_score_normalized_mean"), "+.2f"),
                     f"{r['length_mean']:.1f}",
@@ -50,7 +58,8 @@ def seeds_markdown(per_seed: dict) -> str:
     ]
     for name, r in per_seed.items():
         lines.append(
-            f"| {name} | {r['gold_mean']:+.3f} {_ci(r['gold_ci'])} | {r['win_rate']:.3f} | {r['kl_mean']:.2f} | "
+            f"| {name} | {fmt(r['gold_mean'], '+.3f')} {ci_text(r['gold_ci'])} | {r['win_rate']:.3f} | "
+            f"{fmt(r['kl_mean'], '.2f')} | "
             f"{_num(r.get('rm_score_normalized_mean'), '+.2f')} | {r['length_mean']:.1f} |"
         )
     return "\n".join(lines)
@@ -59,7 +68,7 @@ def seeds_markdown(per_seed: dict) -> str:
 def comparisons_markdown(comparisons: dict) -> str:
     lines = ["| comparison (gold) | difference [95% CI] | reading |", "|---|---|---|"]
     for key, c in comparisons.items():
-        lines.append(f"| {key} | {c['diff']:+.3f} {_ci(c['ci'])} | {c['verdict']} |")
+        lines.append(f"| {key} | {fmt(c['diff'], '+.3f')} {ci_text(c['ci'])} | {c['verdict']} |")
     return "\n".join(lines)
 
 
@@ -79,8 +88,8 @@ def summary_text(report: dict) -> str:
     lines = [head, "-" * len(head)]
     for r in res.values():
         lines.append(
-            f"{r['label']:<{w}}  {r['gold_mean']:+.3f} {_ci(r['gold_ci']):<18} {r['win_rate']:>10.3f} "
-            f"{r['kl_mean']:>7.2f} {_num(r.get('rm_score_normalized_mean'), '+.2f'):>9} {r['length_mean']:>6.1f}"
+            f"{r['label']:<{w}}  {fmt(r['gold_mean'], '+.3f')} {ci_text(r['gold_ci']):<18} {r['win_rate']:>10.3f} "
+            f"{fmt(r['kl_mean'], '.2f'):>7} {_num(r.get('rm_score_normalized_mean'), '+.2f'):>9} {r['length_mean']:>6.1f}"
         )
     lines.append("")
     lines.append(report["verdict_sentence"])

@@ -154,6 +154,24 @@ def _import_module(mod_name: str, spec: str):
         raise RtoError(f"gold reward '{spec}': importing '{mod_name}' failed: {type(e).__name__}: {e}") from e
 
 
+VADER_DESCRIPTION = (
+    "VADER compound sentiment of the response times a well-formedness factor, in [-1, 1] (rto.tasks.gold)"
+)
+
+
+def describe_gold(spec: str) -> str:
+    """One line saying what the gold reward named by ``spec`` is: VADER's, or the user's function with the
+    first line of its docstring when it has one."""
+    spec = (spec or "").strip()
+    if spec.lower() in ("", "vader"):
+        return VADER_DESCRIPTION
+    try:
+        doc = (load_gold_reward(spec).__doc__ or "").strip().splitlines()
+    except RtoError:
+        doc = []
+    return f"the user-supplied function `{spec}`" + (f": {doc[0].strip()}" if doc else "")
+
+
 def load_gold_reward(spec: str) -> GoldFn:
     """The gold reward named by ``spec``: "vader" (built in), "module:function" (imported only now) or
     "path/to/file.py:function". The function takes (prompts, responses) and returns one float per
