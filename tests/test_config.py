@@ -142,3 +142,19 @@ def test_help_docstrings_are_one_line(command):
 def test_sentence_delimiters_read_escapes():
     assert PPOConfig().delimiters() == ".!?\n"
     assert PPOConfig(sentence_delimiters=";\\t").delimiters() == ";\t"
+
+
+@pytest.mark.parametrize("command", ["sft", "rm", "dpo", "ppo", "demo", "eval", "label", "bench"])
+def test_every_stage_takes_threads(command):
+    assert "threads" in _fields(_load(COMMANDS[command].config))
+
+
+def test_threads_reach_torch(monkeypatch):
+    import torch
+
+    from rto import distributed
+
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    distributed.make_accelerator(SFTConfig(output_dir="o", threads=1))
+    assert seen == [1]
