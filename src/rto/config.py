@@ -174,8 +174,7 @@ class GenerationOptions:
     temperature: float = 1.0
     """Sampling temperature; log-probabilities (PPO's ratio and KL, eval's KL) use the same temperature."""
     top_p: float = 1.0
-    """Nucleus sampling threshold. In PPO, below 1 the samples come from the nucleus while every log-prob is
-    scored under the whole distribution, so training is slightly off-policy: keep 1.0 there."""
+    """Nucleus sampling threshold. In PPO, below 1 the samples come from the nucleus while every log-prob is scored under the whole distribution, so training is slightly off-policy: keep 1.0 there."""
     num_samples_per_prompt: int = 1
     """Responses sampled per prompt."""
 
@@ -435,8 +434,7 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
     critic_lr: float = 9e-6
     """Critic learning rate."""
     critic_warmup_iterations: int = 0
-    """Iterations at the start that train only the critic. The actor's learning-rate schedule (warmup and
-    decay) runs over the actor's own updates, after these."""
+    """Iterations at the start that train only the critic. The actor's learning-rate schedule (warmup and decay) runs over the actor's own updates, after these."""
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate decay after warmup."""
     warmup_ratio: float = 0.03
