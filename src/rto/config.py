@@ -69,7 +69,7 @@ class RunConfig:
     deterministic: bool = False
     """Deterministic GPU kernels: bitwise-repeatable GPU runs, somewhat slower (CPU runs are deterministic anyway)."""
     progress: bool = True
-    """Show a progress bar (only on a terminal); --no-progress also keeps library logs to warnings."""
+    """Show a progress bar (only on a terminal; other libraries log warnings and errors only)."""
 
     def check_run(self, problems: list[str]) -> None:
         _finite_numbers(self, problems)
