@@ -25,4 +25,4 @@ def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     command = 'pip install -e ".[test]" && python -m pytest -x -q'
     assert command in readme
-    assert (REPO / ".ci" / "run").read_text().rstrip().splitlines()[-1] == command
+    assert command in (REPO / ".ci" / "run").read_text().splitlines()
