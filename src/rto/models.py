@@ -382,7 +382,19 @@ def unsharded_peft_copy(model, state_dict: dict):
     plain = get_peft_model(fresh, configs[first], adapter_name=first)
     for name in others:
         plain.add_adapter(name, configs[name])
-    plain.load_state_dict(state_dict, strict=True)
+    # The gathered weights may leave out the second name of tied weights (FSDP2): those may be missing.
+    tied: set[str] = set()
+    seen: set[int] = set()
+    for name, p in plain.named_parameters(remove_duplicate=False):
+        tied.update([name] if id(p) in seen else [])
+        seen.add(id(p))
+    result = plain.load_state_dict(state_dict, strict=False)
+    missing = set(result.missing_keys) - tied
+    if missing or result.unexpected_keys:
+        raise RtoError(
+            f"gathered weights do not fit {type(base).__name__}: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(result.unexpected_keys)[:3]}"
+        )
     plain.set_adapter(model.active_adapter)
     return plain
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ import torch
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 DDP_CPU_CONFIG = REPO / "configs" / "accelerate" / "ddp_cpu.yaml"
+FSDP2_CONFIG = REPO / "configs" / "accelerate" / "fsdp2.yaml"
 
 
 def free_port() -> int:
@@ -74,11 +76,16 @@ def launch(
     timeout: float = 240,
     worker: Path = WORKER,
     extra: dict | None = None,
-) -> list:
+    env: dict | None = None,
+    kill_when: Path | None = None,
+) -> list | None:
     """Run `runs` (see dist_worker.py) in one multi-process launch; returns the per-rank reports.
 
     The launch lines are the ones docs/distributed.md gives users: `torchrun --nproc_per_node N` (as
-    python -m torch.distributed.run) or `accelerate launch --config_file configs/accelerate/ddp_cpu.yaml`."""
+    python -m torch.distributed.run), `accelerate launch --config_file configs/accelerate/ddp_cpu.yaml`
+    (launcher "accelerate") or `.../fsdp2.yaml` ("accelerate-fsdp2"). `env` is added to the processes'
+    environment. With `kill_when`, every process is killed with SIGKILL as soon as that file exists (a
+    job killed mid-run); None is returned."""
     workdir.mkdir(parents=True, exist_ok=True)
     report = workdir / "report"
     spec = workdir / "spec.json"
@@ -89,8 +96,9 @@ def launch(
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_addr", "127.0.0.1", "--master_port", port]  # fmt: skip
-    elif launcher == "accelerate":
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CPU_CONFIG),
+    elif launcher in ("accelerate", "accelerate-fsdp2"):
+        config = DDP_CPU_CONFIG if launcher == "accelerate" else FSDP2_CONFIG
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                "--num_processes", str(nproc), "--main_process_port", port]  # fmt: skip
     else:
         raise ValueError(launcher)
@@ -98,13 +106,27 @@ def launch(
     # Output goes to files, not pipes: a worker that outlives its launcher must not keep us waiting.
     log_out, log_err = workdir / "stdout.log", workdir / "stderr.log"
     with log_out.open("w") as out, log_err.open("w") as err:
-        proc = subprocess.Popen(cmd, env=child_env(), stdout=out, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env={**child_env(), **(env or {})}, stdout=out, stderr=err, start_new_session=True
+        )
         try:
-            proc.wait(timeout=timeout)
+            if kill_when is None:
+                proc.wait(timeout=timeout)
+            else:
+                deadline = time.monotonic() + timeout
+                while not kill_when.exists() and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
         except subprocess.TimeoutExpired:
             pass
         finally:
             kill_launch(proc, report, worker)
+    if kill_when is not None:
+        if not kill_when.exists():
+            raise AssertionError(
+                f"{launcher}: never reached {kill_when.name}:\n{log_out.read_text()[-4000:]}\n"
+                f"{log_err.read_text()[-8000:]}"
+            )
+        return None
     if proc.returncode != 0:
         what = "timed out" if proc.returncode == -signal.SIGKILL else f"failed ({proc.returncode})"
         raise AssertionError(

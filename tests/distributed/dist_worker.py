@@ -14,6 +14,8 @@ Accelerator/gradient state is reset between runs (its process state, the group, 
 Every process writes report/rank{i}.json: what accelerate saw (num_processes, process_index,
 distributed type) for each run, and, for non-main processes, every file-system change it made under the
 watched folders (recorded with an audit hook), so the test can check that only the main process writes.
+With "keep_gathered": true in SPEC.json, the main process also keeps the whole weights each final model
+folder was written from (report/gathered<i>.safetensors, listed under "gathered" in its report).
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def main(spec_path: str) -> None:
                 "process_index": acc.process_index,
                 "is_main_process": acc.is_main_process,
                 "distributed_type": str(acc.distributed_type),
+                "layout": distributed.layout_of(acc).name,
             }
         )
         return acc
@@ -132,6 +135,28 @@ def main(spec_path: str) -> None:
         for tracker in acc.trackers:
             tracker.finish()
 
+    # The whole weights each final model folder is written from (rank 0 receives them), kept beside the
+    # report so that a test can compare the folder with them.
+    gathered: list = []
+    full_state_dict, save_hf_folder = distributed.full_state_dict, checkpoints.save_hf_folder
+    saving_to = [None]
+
+    def recording_full_state_dict(acc, model):
+        full = full_state_dict(acc, model)
+        if full and rank == 0 and spec.get("keep_gathered"):
+            from safetensors.torch import save_file
+
+            path = report / f"gathered{len(gathered)}.safetensors"
+            save_file({k: v.contiguous() for k, v in full.items()}, str(path))
+            gathered.append({"folder": str(saving_to[0]), "file": str(path)})
+        return full
+
+    def recording_save_hf_folder(acc, model, tokenizer, folder, *args, **kwargs):
+        saving_to[0] = folder
+        return save_hf_folder(acc, model, tokenizer, folder, *args, **kwargs)
+
+    distributed.full_state_dict = recording_full_state_dict
+    checkpoints.save_hf_folder = recording_save_hf_folder
     save_checkpoint = checkpoints.save_checkpoint
     stop_at = [None]
 
@@ -168,7 +193,13 @@ def main(spec_path: str) -> None:
         dist.destroy_process_group()
     (report / f"rank{rank}.json").write_text(
         json.dumps(
-            {"runs": seen, "writes": writes, "seconds": round(time.perf_counter() - started, 2)}, indent=1
+            {
+                "runs": seen,
+                "writes": writes,
+                "gathered": gathered,
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+            indent=1,
         )
     )
 

@@ -1,5 +1,5 @@
 """The shipped accelerate config files parse as accelerate configs and say what they claim; PPO refuses,
-with a reason, the back-ends it is not wired for. (Only DDP on CPU runs here: see test_dist_*.py.)"""
+with a reason, the layouts it is not wired for. (DDP and FSDP2 on CPU processes run in test_dist_*.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ EXPECTED = {
     "ddp_cpu.yaml": (DistributedType.MULTI_GPU, None),  # accelerate only spawns processes on this path
     "deepspeed_zero2.yaml": (DistributedType.DEEPSPEED, 2),
     "deepspeed_zero3.yaml": (DistributedType.DEEPSPEED, 3),
-    "fsdp.yaml": (DistributedType.FSDP, None),
+    "fsdp2.yaml": (DistributedType.FSDP, None),
 }
 
 
@@ -40,8 +40,10 @@ def test_config_parses_with_accelerates_own_parser(name):
         assert cfg.fsdp_config["fsdp_version"] == 2
     text = (CONFIGS / name).read_text()
     assert "accelerate launch --config_file configs/accelerate/" + name in text  # documents its launch line
-    if kind in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+    if kind == DistributedType.DEEPSPEED:
         assert "UNTESTED" in text
+    if kind == DistributedType.FSDP:  # the one the FSDP2 tests launch through
+        assert "tests/distributed/test_dist_fsdp2.py" in text
 
 
 def _acc(kind: DistributedType, zero_stage: int | None = None, fsdp_version: int = 2):
@@ -52,6 +54,19 @@ def _acc(kind: DistributedType, zero_stage: int | None = None, fsdp_version: int
             fsdp_plugin=SimpleNamespace(fsdp_version=fsdp_version),
         ),
     )
+
+
+def test_fsdp_on_cpu_processes_is_read_from_the_launchers_environment(monkeypatch):
+    """On CPU processes accelerate stays MULTI_CPU under an FSDP config file; rto reads the environment
+    `accelerate launch` sets from it (ACCELERATE_USE_FSDP, FSDP_VERSION)."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert layout_of(_acc(DistributedType.MULTI_CPU)) is LAYOUTS["fsdp2"]
+    assert layout_of(_acc(DistributedType.NO)) is LAYOUTS["single"]  # one process: nothing to shard over
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    assert layout_of(_acc(DistributedType.MULTI_CPU)) is LAYOUTS["fsdp1"]
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert layout_of(_acc(DistributedType.MULTI_CPU)) is LAYOUTS["ddp"]
 
 
 def test_every_layout_maps_to_a_row_of_the_table():
@@ -76,10 +91,11 @@ def test_ppo_accepts_single_process_and_ddp(kind):
     require_support(_acc(kind), "ppo", with_critic=True)
 
 
-def test_ppo_refuses_sharded_weights_and_two_deepspeed_models():
-    with pytest.raises(RtoError, match="FSDP"):
-        require_support(_acc(DistributedType.FSDP), "ppo", with_critic=False)
-    with pytest.raises(RtoError, match="ZeRO-3"):
+def test_ppo_runs_under_fsdp2_and_refuses_fsdp1_zero3_and_two_deepspeed_models():
+    require_support(_acc(DistributedType.FSDP), "ppo", with_critic=True)
+    with pytest.raises(RtoError, match="fsdp_version: 2"):
+        require_support(_acc(DistributedType.FSDP, fsdp_version=1), "ppo", with_critic=False)
+    with pytest.raises(RtoError, match="ZeRO-3.*FSDP2.*fsdp2.yaml"):
         require_support(_acc(DistributedType.DEEPSPEED, 3), "ppo", with_critic=False)
     with pytest.raises(RtoError, match="reinforce"):
         require_support(_acc(DistributedType.DEEPSPEED, 2), "ppo", with_critic=True)

@@ -97,6 +97,19 @@ def checkpoint_generation_config_set_aside(model: torch.nn.Module) -> Iterator[N
             m.generation_config = config
 
 
+def weights_are_sharded(model) -> bool:
+    """Whether each process holds only a slice of the model's weights (FSDP2: DTensor parameters). Then
+    every forward is a collective, so a process whose rows have all ended must keep stepping (its output
+    is unchanged) until every process's rows have ended: Hugging Face generate's synced_gpus."""
+    p = next(model.parameters(), None)
+    return (
+        p is not None
+        and hasattr(p, "to_local")
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
 @torch.no_grad()
 def generate(
     model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seeds: torch.Tensor, s: SamplingSettings
@@ -117,6 +130,7 @@ def generate(
             attention_mask=prompt_mask,
             generation_config=generation_config(s),
             logits_processor=LogitsProcessorList(processors),
+            synced_gpus=weights_are_sharded(model),
         )
     response = out[:, prompt_ids.shape[1] :]
     mask, ended = response_mask_from_ids(response, s.eos_id)

@@ -127,7 +127,8 @@ def save_checkpoint(
     """Write everything a bit-exact continuation needs to checkpoints/.tmp-step-N, then rename it.
 
     Contents: model weights (safetensors), optimizer states, RNG states of every process (accelerate's
-    save_state), the states of the schedulers given to `distributed.prepare_trained` (stored as JSON,
+    save_state; under FSDP2 every process writes its shards of models and optimizers, in safetensors,
+    to sharded/: distributed.save_sharded_state), the states of the schedulers given to `distributed.prepare_trained` (stored as JSON,
     so that loading never unpickles), the caller's `state` (step, KL controller,
     counters), the metrics history and the run's config. The data position is the step: batches are a
     function of (seed, step). A crash at any moment leaves the older checkpoints untouched, and a state
@@ -148,6 +149,7 @@ def save_checkpoint(
     acc.wait_for_everyone()
     try:
         acc.save_state(str(tmp), safe_serialization=True)
+        distributed.save_sharded_state(acc, tmp)  # FSDP2: every process writes its own shards
         pause_point("checkpoint", step)
         if acc.is_main_process:
             full = {
@@ -199,7 +201,7 @@ def check_weights_finite(acc: Accelerator, when: str, consequence: str) -> None:
         f"{type(acc.unwrap_model(m)).__name__}.{name}"
         for m in distributed.trained_models(acc)
         for name, p in m.named_parameters()
-        if not bool(torch.isfinite(p).all())
+        if not bool(torch.isfinite(distributed.local_tensor(p)).all())
     ]
     if float(global_sum(acc, [float(len(bad))])[0]) > 0:
         where = f" ({bad[0]})" if bad else ""
@@ -233,6 +235,9 @@ def load_latest_checkpoint(acc: Accelerator, output_dir: str | Path) -> dict[str
         )
     try:
         acc.load_state(str(latest))
+        distributed.load_sharded_state(acc, latest)
+    except RtoError:
+        raise
     except Exception as e:
         raise RtoError(f"could not load checkpoint {latest}: {type(e).__name__}: {e}") from e
     for obj, obj_state in zip(schedulers, saved):

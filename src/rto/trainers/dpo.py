@@ -32,7 +32,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     ref = None
     if needs_ref:
         ref = models.freeze(models.load_causal_lm(ref_path, tokenizer, cfg.trust_remote_code, cfg.dtype))
-        ref = distributed.prepare_frozen(acc, ref)
+        ref = distributed.prepare_frozen(acc, ref, offload=cfg.offload_frozen_models)
         models.disable_dropout(ref)
     if cfg.lora:
         policy = models.lora_wrap(policy, cfg)

@@ -89,12 +89,18 @@ def delimiter_table(tokenizer, delimiters: str) -> torch.Tensor:
     return table
 
 
-@torch.inference_mode()
 def score_rollout(
     s: Scorers, roll: Rollout, prompts: list, sample_index: torch.Tensor, observer: Observer | None = None
 ) -> Experience:
-    """Phase 2: every scoring pass over the rollout (each timed under its own phase name)."""
-    observer = observer or _Unobserved()
+    """Phase 2: every scoring pass over the rollout (each timed under its own phase name), without
+    gradients (torch.inference_mode; torch.no_grad under sharded weights: distributed.gradient_free)."""
+    with distributed.gradient_free(s.policy.model):
+        return _score_rollout(s, roll, prompts, sample_index, observer or _Unobserved())
+
+
+def _score_rollout(
+    s: Scorers, roll: Rollout, prompts: list, sample_index: torch.Tensor, observer
+) -> Experience:
     ids, attn, P = roll.input_ids, roll.attention_mask, roll.prompt_ids.shape[1]
     with observer.phase("score.policy"):
         logps = s.policy.logps(ids, attn, P)
@@ -259,7 +265,7 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
     else:
         policy, actor_opt = distributed.prepare_trained(acc, ms.policy, actor_opt, schedulers=[actor_sched])
     for role in ms.scorers.frozen_roles():
-        role.model = distributed.prepare_frozen(acc, role.model)
+        role.model = distributed.prepare_frozen(acc, role.model, offload=cfg.offload_frozen_models)
     settings = SamplingSettings(
         cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id
     )
