@@ -237,8 +237,15 @@ def gradient_free(model):
     weights are sharded (FSDP2), then torch.no_grad. FSDP2 reuses the buffers it gathers weights into, and
     a buffer created under inference mode cannot be written outside it: the next training forward would
     fail."""
-    p = next(model.parameters(), None)
-    return torch.no_grad() if p is not None and hasattr(p, "to_local") else torch.inference_mode()
+    return torch.no_grad() if is_sharded(model) else torch.inference_mode()
+
+
+def is_sharded(model) -> bool:
+    """Whether FSDP2 shards the model (or a module inside it, as for a peft model). Read from the modules,
+    not the parameters: while a unit's weights are gathered its parameters are ordinary tensors."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 # ----------------------------------------------------------------------------- the training step

@@ -9,7 +9,8 @@
   with adapters off; or, for a reward model with its own tokenizer, the prompt re-rendered and the response
   text re-tokenized for it (`score_texts`, also what `rto eval` and the demo use).
 
-Every scoring call runs under ``torch.inference_mode``: scores are data for the update, never part of its
+Every scoring call runs without gradients (``torch.inference_mode``; ``torch.no_grad`` when the model's
+weights are sharded, see `rto.distributed.gradient_free`): scores are data for the update, never part of its
 graph. Logits are divided by the sampling temperature, and the tokens the sampler never draws (the pad token,
 ``excluded_ids``) are left out of the normalisation, so that log-probs are of the distribution the sampler
 drew from.
@@ -17,16 +18,30 @@ drew from.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
 import torch
 
 from rto import models
+from rto.distributed import gradient_free
 
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's name for "no adapter": the shared base model
+
+
+def without_grad(fn):
+    """A scoring call (a role's method, or a function of a model) without gradients."""
+
+    @functools.wraps(fn)
+    def wrapper(owner, *args, **kwargs):
+        model = owner if isinstance(owner, torch.nn.Module) else owner.model
+        with gradient_free(model):
+            return fn(owner, *args, **kwargs)
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- token log-probs
@@ -68,7 +83,7 @@ class LogProbModel:
         """The model this role holds by itself (None when it is an adapter of a model another role owns)."""
         return None if self.adapter else self.model
 
-    @torch.inference_mode()
+    @without_grad
     def logps(self, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
         return response_logps(
             self.model, ids, attn, prompt_len, self.temperature, self.adapter, self.excluded_ids
@@ -138,7 +153,7 @@ class Critic:
     def __init__(self, model):
         self.model = model
 
-    @torch.inference_mode()
+    @without_grad
     def values(self, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
         return response_values(self.model, ids, attn, prompt_len)
 
@@ -146,7 +161,7 @@ class Critic:
 # ----------------------------------------------------------------------------- reward-model scores
 
 
-@torch.inference_mode()
+@without_grad
 def score_texts(
     model,
     tokenizer,
@@ -223,7 +238,7 @@ class RewardModel:
         """The model this role holds by itself (None when it is the critic's base)."""
         return None if self.kind == "critic-base" else self.model
 
-    @torch.inference_mode()
+    @without_grad
     def scores(self, ids: torch.Tensor, attn: torch.Tensor, prompts: Sequence, rollout) -> torch.Tensor:
         """Raw scores (B,) of the rollout's rows (``ids``/``attn``: its prompt + response tokens;
         ``prompts``: the prompts as given, used only when re-tokenizing)."""

@@ -98,16 +98,12 @@ def checkpoint_generation_config_set_aside(model: torch.nn.Module) -> Iterator[N
 
 
 def weights_are_sharded(model) -> bool:
-    """Whether each process holds only a slice of the model's weights (FSDP2: DTensor parameters). Then
-    every forward is a collective, so a process whose rows have all ended must keep stepping (its output
-    is unchanged) until every process's rows have ended: Hugging Face generate's synced_gpus."""
-    p = next(model.parameters(), None)
-    return (
-        p is not None
-        and hasattr(p, "to_local")
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
+    """Whether each process holds only a slice of the model's weights (FSDP2). Then every forward is a
+    collective, so a process whose rows have all ended must keep stepping (its output is unchanged)
+    until every process's rows have ended: Hugging Face generate's synced_gpus."""
+    from rto.distributed import is_sharded
+
+    return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1 and is_sharded(model)
 
 
 @torch.no_grad()
