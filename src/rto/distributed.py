@@ -180,7 +180,6 @@ class _Prepared:
     models: list = field(default_factory=list)
     schedulers: list = field(default_factory=list)
     optimizers: list = field(default_factory=list)  # FSDP2: each trained model's optimizer, in order
-    frozen: list = field(default_factory=list)  # FSDP2: the sharded frozen models
 
 
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -226,9 +225,7 @@ def prepare_frozen(acc: Accelerator, model, offload: bool = False):
     if model is None:
         return None
     if layout_of(acc).name == "fsdp2":
-        model = _shard(acc, model, offload=offload)
-        _PREPARED.setdefault(acc, _Prepared()).frozen.append(model)
-        return model
+        return _shard(acc, model, offload=offload)
     return model.to(acc.device)
 
 
@@ -313,7 +310,7 @@ def even_micro_batches(acc: Accelerator, items: list, size: int) -> list[tuple[l
 
 def full_state_dict(acc: Accelerator, model) -> dict | None:
     """The whole state dict of a prepared model whose weights are sharded over processes (ZeRO-3, FSDP),
-    gathered by accelerate; every process must call this (a collective). None under layouts where
+    gathered by accelerate (FSDP2: by torch); every process must call this (a collective). None under layouts where
     each process holds whole weights: save from the model itself. Under FSDP1 and FSDP2 only the main
     process receives the weights (in CPU memory; the others get an empty dict). FSDP2 leaves out the second
     name of tied weights (input embeddings = output layer), as save_pretrained does for a whole model."""
