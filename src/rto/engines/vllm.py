@@ -142,8 +142,9 @@ class VLLMEngine:
         if "weights" in self._asleep:
             self._llm.wake_up(tags=["weights"])
             self._asleep.discard("weights")
-        weights = list(hf_weights(model))
-        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # A lazy iterator, layer by layer: vLLM reloads each layer as soon as its weights are in, so a
+        # LoRA-merged weight exists only while its layer loads (no second copy of the whole model).
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": hf_weights(model)})
 
     # ------------------------------------------------------------------------------------- sampling
 
