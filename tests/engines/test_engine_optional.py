@@ -47,3 +47,19 @@ def test_vllm_options_reach_the_engine_only_with_engine_vllm_and_are_checked():
         bad.validate()
     for field in ("vllm_gpu_memory_utilization", "vllm_kv_cache_gib", "tis_cap"):
         assert field in str(err.value)
+
+
+def test_vllm_under_sharded_weights_is_refused_before_anything_loads(tmp_path, tiny_model_dir, monkeypatch):
+    from rto import distributed
+    from rto.config import PPOConfig
+    from rto.trainers.ppo import setup_ppo
+
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "The movie"}\n')
+    cfg = PPOConfig(
+        policy=str(tiny_model_dir), reward_model=str(tiny_model_dir), dpo_model=str(tiny_model_dir),
+        prompts=str(tmp_path / "prompts.jsonl"), output_dir=str(tmp_path / "out"), engine="vllm",
+        advantage="reinforce++", progress=False,
+    )  # fmt: skip
+    monkeypatch.setattr(distributed, "layout_of", lambda acc: distributed.LAYOUTS["fsdp2"])
+    with pytest.raises(RtoError, match="--engine vllm does not run under fsdp2 yet"):
+        setup_ppo(cfg)

@@ -238,6 +238,11 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
     acc = distributed.make_accelerator(cfg)
     cfg.validate(num_processes=acc.num_processes)
     distributed.require_support(acc, "ppo", with_critic=cfg.advantage == "gae")
+    if cfg.engine == "vllm" and distributed.layout_of(acc).shards_weights:
+        raise RtoError(
+            f"--engine vllm does not run under {distributed.layout_of(acc).name} yet: each process's engine "
+            "needs the whole policy after every update; use DDP (docs/vllm.md)"
+        )
     out = checkpoints.prepare_output_dir(acc, cfg)
     if acc.is_main_process:
         for warning in cfg.warnings():
