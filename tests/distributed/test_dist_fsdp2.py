@@ -271,3 +271,67 @@ def test_only_the_main_process_writes_but_its_own_shards(runs):
         )
         assert ok, (event, path)
     assert any(Path(p).name.startswith("shard-00002-") for _, p in writes)
+
+
+WEIGHTS_WORKER = """
+import json, os, sys
+import torch
+from torch.distributed.fsdp import fully_shard
+from rto.engines.weights import hf_weights
+from rto.errors import RtoError
+from rto.models import lora_wrap
+from transformers import AutoModelForCausalLM
+
+torch.distributed.init_process_group("gloo")
+rank = torch.distributed.get_rank()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+for block in model.transformer.h:
+    fully_shard(block)
+fully_shard(model)
+whole = {name: t.clone() for name, t in hf_weights(model)}
+lora = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+opts = type("O", (), dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules="all-linear"))()
+lora = lora_wrap(lora, opts)
+for block in lora.get_base_model().transformer.h:
+    fully_shard(block)
+fully_shard(lora.get_base_model())
+try:
+    list(hf_weights(lora))
+    refused = ""
+except RtoError as e:
+    refused = str(e)
+if rank == 0:
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in whole.items() if k != "lm_head.weight"}, sys.argv[2])
+    with open(sys.argv[2] + ".json", "w") as f:
+        json.dump({"names": list(whole), "refused": refused, "types": sorted({type(v).__name__ for v in whole.values()})}, f)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_engine_weight_export_gathers_whole_tensors_from_fsdp2_slices(tmp_path, tiny_tokenizer):
+    """What a separate inference engine (vLLM) loads each iteration: under FSDP2 every tensor comes back
+    whole (gathered from the 2 processes' slices) under its checkpoint name; a LoRA policy is refused with
+    a reason instead of exporting slices."""
+    import subprocess
+    import sys
+
+    from dist_launch import child_env, free_port
+
+    save(eos_prone_gpt2(tiny_tokenizer, seed=0), tiny_tokenizer, tmp_path / "model")
+    script = tmp_path / "weights_worker.py"
+    script.write_text(WEIGHTS_WORKER)
+    out = tmp_path / "whole.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), str(tmp_path / "model"), str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    info = json.loads(Path(str(out) + ".json").read_text())
+    assert info["types"] == ["Tensor"]  # whole tensors, not slices
+    assert "lm_head.weight" in info["names"]  # a tied weight under each of its names
+    assert "LoRA" in info["refused"] and "--engine hf" in info["refused"]
+    reference = weights(tmp_path / "model")
+    got = weights(tmp_path, out.name)
+    assert got.keys() == reference.keys()
+    assert all(torch.equal(got[k], reference[k]) for k in got)

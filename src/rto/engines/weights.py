@@ -3,7 +3,8 @@ copy of the model (vLLM).
 
 Whatever wraps the policy is looked through: DDP and other accelerate wrappers are unwrapped, and a peft
 LoRA model gives its base weights with the active adapters' deltas added (W + scale * B A, computed out of
-place, so the trainer's base weights and the reference model they double as are never touched). The
+place, so the trainer's base weights and the reference model they double as are never touched). Under FSDP2
+each whole tensor is gathered from the processes' slices as it is reached (a LoRA policy is refused there). The
 names are those `save_pretrained` writes, which is what inference engines load.
 """
 
@@ -13,6 +14,9 @@ import copy
 from collections.abc import Iterator
 
 import torch
+
+from rto.distributed import is_sharded
+from rto.errors import RtoError
 
 
 def unwrap(model):
@@ -51,10 +55,17 @@ def hf_weights(model, tied: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     the output layer included); a safetensors file takes each tensor once (``tied=False``). Tensors are
     detached; LoRA-merged ones are new tensors, the others share storage with the model."""
     model = unwrap(model)
+    sharded = is_sharded(model)
     if not is_peft_model(model):
         for name, p in model.named_parameters(remove_duplicate=not tied):
-            yield name, p.detach()
+            # FSDP2: each process holds a slice; gather the whole tensor (every process must iterate)
+            yield name, (p.full_tensor() if sharded and hasattr(p, "full_tensor") else p).detach()
         return
+    if sharded:
+        raise RtoError(
+            "exporting a LoRA policy's merged weights from FSDP2 slices is not supported; "
+            "use --engine hf under FSDP2 with --lora, or train without --lora"
+        )
     base = model.get_base_model()
     deltas = _lora_deltas(base)
     for name, p in base.named_parameters(remove_duplicate=not tied):
