@@ -332,9 +332,7 @@ class DPOConfig(TrainStageConfig, PreferenceOptions):
     ipo_per_token: bool = False
     """IPO on per-token averaged log-ratios (the IPO authors' experiments, TRL) instead of summed ones (the IPO paper's equation; default: beta then means what it means for DPO, and the model's per-token log-ratios, RTO's token reward, are on the same scale as the other losses')."""
     offload_frozen_models: bool = False
-    """Under FSDP2: keep the frozen models' shards (the reference) in CPU memory; each block is copied
-    to the device only while it runs. Saves their device memory at the cost of host-to-device copies on
-    every use. No effect under other layouts."""
+    """Under FSDP2: keep the reference's slices in CPU memory, each block copied to the device only while it runs (less device memory, a copy per use); no effect otherwise."""
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -428,9 +426,7 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
     per_device_micro_batch_size: int = 0
     """Sequences per forward/backward per process (0: mini_batch_size / processes, no accumulation)."""
     offload_frozen_models: bool = False
-    """Under FSDP2: keep the frozen models' shards (reference, DPO and reward models) in CPU memory; each block is copied
-    to the device only while it runs. Saves their device memory at the cost of host-to-device copies on
-    every use. No effect under other layouts."""
+    """Under FSDP2: keep the frozen models' slices (reference, DPO and reward models) in CPU memory, each block copied to the device only while it runs (less device memory, a copy per use); no effect otherwise."""
     ppo_epochs: int = 1
     """Passes over each rollout."""
     clip_eps: float = 0.2
