@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rto.config import DPOConfig, PPOConfig
+from rto.engines import never_sampled
 from rto.models import response_token_logps
 from rto.trainers.dpo import train_dpo
 from rto.trainers.ppo import train_ppo
@@ -43,7 +44,7 @@ def test_lora_dpo_saves_merged_model_and_adapter(lora_world, tiny_model_dir):
     assert diff > 0  # the adapter was trained and merged in
 
 
-def test_shared_base_ppo_scores_match_separate_models(tmp_path, lora_world, tiny_model_dir):
+def test_shared_base_ppo_scores_match_separate_models(tmp_path, lora_world, tiny_model_dir, tiny_tokenizer):
     cfg = PPOConfig(
         policy=str(tiny_model_dir), reward_model=str(lora_world / "rm"), dpo_model=str(lora_world / "dpo"),
         prompts=str(lora_world / "prompts.jsonl"), output_dir=str(tmp_path / "ppo"), lora=True, lora_r=4,
@@ -57,13 +58,16 @@ def test_shared_base_ppo_scores_match_separate_models(tmp_path, lora_world, tiny
     rm = AutoModelForSequenceClassification.from_pretrained(lora_world / "rm").eval()
     records = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert len(records) == 8
+    excluded = never_sampled(
+        tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    )  # PPO scores as sampled
     for r in records:
         ids = torch.tensor([r["prompt_ids"] + r["response_ids"]])
         attn = torch.ones_like(ids)
         P = len(r["prompt_ids"])
         with torch.no_grad():
-            ref = response_token_logps(base, ids, attn)[0, P - 1 :]
-            dpo = response_token_logps(merged_dpo, ids, attn)[0, P - 1 :]
+            ref = response_token_logps(base, ids, attn, excluded_ids=excluded)[0, P - 1 :]
+            dpo = response_token_logps(merged_dpo, ids, attn, excluded_ids=excluded)[0, P - 1 :]
             score = rm(ids).logits[0, 0].item()
         # the reference is exactly the base model; the DPO adapter's log-ratio is the merged DPO model's
         assert torch.allclose(torch.tensor(r["ref_logps"]), ref, atol=1e-5)
