@@ -152,7 +152,7 @@ def execute(
     from tqdm.auto import tqdm
 
     bars = {
-        i: tqdm(total=c.total or None, desc=c.name or c.func, disable=not (progress and c.progress),
+        i: tqdm(total=c.total or None, desc=c.name or c.func, disable=not (progress and c.progress and sys.stderr.isatty()),
                 position=i, leave=True, dynamic_ncols=True)
         for i, c in enumerate(calls)
     }  # fmt: skip
