@@ -176,7 +176,7 @@ class GenerationOptions:
     top_p: float = 1.0
     """Nucleus sampling threshold. In PPO, below 1 the samples come from the nucleus while every log-prob is scored under the whole distribution, so training is slightly off-policy: keep 1.0 there."""
     num_samples_per_prompt: int = 1
-    """Responses sampled per prompt."""
+    """Responses sampled per prompt (rto ppo: the rollout batch still counts prompts, so an iteration has rollout_batch_size x this many responses)."""
 
     def check_generation(self, problems: list[str], greedy_allowed: bool = False) -> None:
         check_positive(self, problems, "max_new_tokens", "num_samples_per_prompt")
@@ -386,8 +386,10 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
     """Weight of the normalised reward-model score at the last token."""
     dpo_reward_clip: float | None = None
     """Clamp each beta1 * log-ratio to +-this (the authors' code; off by default, not in the paper)."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator used in the reward."""
+    kl_estimator: Literal["k1", "k2", "k3"] | None = None
+    """Per-token KL estimator (docs/estimators.md); default: k1 in the reward, k3 in the loss (GRPO's)."""
+    kl_placement: Literal["reward", "loss"] = "reward"
+    """Where the beta2 KL penalty goes: in every token's reward (RTO, classic PPO), or as a term of the policy loss (GRPO)."""
     adaptive_kl: bool = False
     """Adapt beta2 towards kl_target (Ziegler et al.)."""
     kl_target: float = 6.0
@@ -403,8 +405,10 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
     sentence_delimiters: str = ".!?\\n"
     """Characters that end a sentence (semi-rto); \\n and \\t stand for newline and tab."""
     # --- advantage ---
-    advantage: Literal["gae", "reinforce++"] = "gae"
-    """GAE with a critic, or REINFORCE++ (no critic; returns-to-go whitened over the global batch)."""
+    advantage: Literal["gae", "reinforce++", "grpo", "rloo", "reinforce++-baseline", "dr-grpo"] = "gae"
+    """Advantage estimator (docs/estimators.md): gae (critic), reinforce++, or a group baseline over each prompt's responses (num_samples_per_prompt >= 2): grpo, rloo, reinforce++-baseline, dr-grpo."""
+    baseline_level: Literal["token", "sequence"] = "token"
+    """Group estimators: the baseline per response position on returns-to-go (token: dense rewards keep their credit) or on the summed reward (sequence: as published; RTO becomes DDPO)."""
     gamma: float = 1.0
     """Discount."""
     lam: float = 0.95
@@ -420,17 +424,19 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
     num_iterations: int = 100
     """PPO iterations (rollout + update)."""
     rollout_batch_size: int = 64
-    """Prompts per iteration (global, all processes together)."""
+    """Prompts per iteration (global, all processes together); each gets num_samples_per_prompt responses."""
     mini_batch_size: int = 16
-    """Sequences per optimizer step (global)."""
+    """Responses per optimizer step (global)."""
     per_device_micro_batch_size: int = 0
-    """Sequences per forward/backward per process (0: mini_batch_size / processes, no accumulation)."""
+    """Responses per forward/backward per process (0: mini_batch_size / processes, no accumulation)."""
     offload_frozen_models: bool = False
     """Under FSDP2: keep the frozen models' slices (reference, DPO and reward models) in CPU memory, each block copied to the device only while it runs (less device memory, a copy per use); no effect otherwise."""
     ppo_epochs: int = 1
     """Passes over each rollout."""
     clip_eps: float = 0.2
     """PPO ratio clip."""
+    loss_aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] | None = None
+    """Per-token losses to one loss: mean over responses of token means, mean over all tokens (DAPO), or of token sums / max_new_tokens (Dr. GRPO); default: the estimator's (docs/estimators.md)."""
     value_clip: float | None = 0.2
     """Value-loss clip range (None disables)."""
     actor_lr: float = 5e-7
@@ -479,16 +485,25 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
             "dpo_model": f"reward_mode '{self.reward_mode}' needs it",
             "reward_model": f"reward_mode '{self.reward_mode}' needs it",
         })  # fmt: skip
-        if self.advantage == "gae" and not (self.critic or self.reward_model or self.needs_reward_model):
-            problems.append("advantage 'gae' needs a critic: give --critic or --reward-model")
+        from rto.algorithms.estimators import ESTIMATORS  # torch: only when a PPO config is checked
+
+        estimator = ESTIMATORS[self.advantage]
+        if estimator.needs_critic and not (self.critic or self.reward_model or self.needs_reward_model):
+            problems.append(f"advantage '{self.advantage}' needs a critic: give --critic or --reward-model")
         self.check_run(problems)
         self.check_lora(problems)
         self.check_generation(problems)
         self.check_vllm(problems)
         check_positive(self, problems, "tis_cap")
-        if self.num_samples_per_prompt != 1:
+        if estimator.needs_groups and self.num_samples_per_prompt < 2:
             problems.append(
-                f"field 'num_samples_per_prompt' must be 1 in rto ppo (got {self.num_samples_per_prompt})"
+                f"advantage '{self.advantage}' compares the responses sampled for each prompt: set field "
+                "'num_samples_per_prompt' to 2 or more (--num-samples-per-prompt)"
+            )
+        if self.kl_placement == "loss" and self.kl_estimator == "k1":
+            problems.append(
+                "field 'kl_estimator' k1 cannot be a loss term (its gradient is zero in expectation under the "
+                "sampling policy): use k3 (GRPO's) or k2 with kl_placement 'loss'"
             )
         check_positive(
             self, problems, "beta1", "beta2", "beta3", "gamma", "lam", "value_clip", allow_zero=True
@@ -515,9 +530,12 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
             problems.append(
                 "reward_mode 'semi-rto' needs field 'sentence_delimiters' (--sentence-delimiters)"
             )
-        if self.mini_batch_size > 0 and self.rollout_batch_size % self.mini_batch_size:
+        samples = self.rollout_batch_size * self.num_samples_per_prompt  # responses per iteration
+        if self.mini_batch_size > 0 and samples % self.mini_batch_size:
+            k = self.num_samples_per_prompt
+            per_prompt = f" x 'num_samples_per_prompt' ({k}) = {samples} responses" if k > 1 else ""
             problems.append(
-                f"field 'rollout_batch_size' ({self.rollout_batch_size}) must be a multiple of "
+                f"field 'rollout_batch_size' ({self.rollout_batch_size}){per_prompt} must be a multiple of "
                 f"'mini_batch_size' ({self.mini_batch_size})"
             )
         for name in ("rollout_batch_size", "mini_batch_size"):

@@ -54,6 +54,10 @@ def runs(tmp_path_factory, tiny_tokenizer):
     rpp = dict(
         base, reward_mode="rto", advantage="reinforce++", num_iterations=2, per_device_micro_batch_size=1
     )
+    # a group estimator: 4 prompts x 2 samples, KL as a loss term, token-mean loss over micro-batches of 1
+    grp = dict(base, reward_mode="rto", advantage="grpo", num_samples_per_prompt=2, rollout_batch_size=4,
+               num_iterations=2, per_device_micro_batch_size=1, loss_aggregation="token-mean",
+               kl_placement="loss")  # fmt: skip
     # LoRA with a shared base: the reference is the policy with adapters off, the critic an adapter on the RM
     lora = dict(base, reward_mode="rto", advantage="gae", num_iterations=2, lora=True, lora_r=4, lora_alpha=8,
                 per_device_micro_batch_size=1)  # fmt: skip
@@ -69,6 +73,7 @@ def runs(tmp_path_factory, tiny_tokenizer):
             {"stage": "ppo", "config": dict(rto, output_dir=str(two / "rto_resumed"), resume=True)},
             {"stage": "ppo", "config": dict(rpp, output_dir=str(two / "rpp"))},
             {"stage": "ppo", "config": dict(lora, output_dir=str(two / "lora"))},
+            {"stage": "ppo", "config": dict(grp, output_dir=str(two / "grp"))},
         ],
         root / "launch",
         watch=[two],
@@ -78,6 +83,7 @@ def runs(tmp_path_factory, tiny_tokenizer):
         train_ppo(PPOConfig(**dict(rto, output_dir=str(one / "rto"), per_device_micro_batch_size=0)))
         train_ppo(PPOConfig(**dict(rpp, output_dir=str(one / "rpp"), per_device_micro_batch_size=0)))
         train_ppo(PPOConfig(**dict(lora, output_dir=str(one / "lora"), per_device_micro_batch_size=0)))
+        train_ppo(PPOConfig(**dict(grp, output_dir=str(one / "grp"), per_device_micro_batch_size=0)))
     return {"one": one, "two": two, "reports": reports}
 
 
@@ -117,7 +123,7 @@ def _assert_same_metrics(a: list[dict], b: list[dict], tol: float) -> None:
 def test_two_processes_really_ran(runs):
     reports = runs["reports"]
     for rank, report in enumerate(reports):
-        assert len(report["runs"]) == 5
+        assert len(report["runs"]) == 6
         for seen in report["runs"]:
             assert seen["num_processes"] == 2
             assert seen["process_index"] == rank
@@ -140,18 +146,23 @@ def test_the_world_exercises_uneven_shapes(runs):
     assert widths[0] != widths[1] or longest[0] != longest[1]
 
 
-@pytest.mark.parametrize("name", ["rto", "rpp", "lora"])
+@pytest.mark.parametrize("name", ["rto", "rpp", "lora", "grp"])
 def test_rollouts_rewards_and_advantages_match_one_process(runs, name):
     one, two = _rollouts(runs["one"] / name), _rollouts(runs["two"] / name)
     assert len(one) == 8 * (3 if name == "rto" else 2)
     _assert_same_rollouts(one, two, ATOL)
-    if name != "rpp":
+    if name == "grp":  # each process sampled both responses of its prompts: groups were split by prompt
+        for it in (1, 2):
+            for g in range(4):
+                pair = [two[(it, 2 * g + j)] for j in range(2)]
+                assert pair[0]["prompt_ids"] == pair[1]["prompt_ids"]
+    if name not in ("rpp", "grp"):
         assert all(r["values"] is not None for r in two.values())
     else:
         assert all(r["values"] is None for r in two.values())
 
 
-@pytest.mark.parametrize("name", ["rto", "rpp", "lora"])
+@pytest.mark.parametrize("name", ["rto", "rpp", "lora", "grp"])
 def test_metrics_are_global_means(runs, name):
     """Token means (entropy, clipfrac, ...) over every process's tokens, not a mean of per-process
     means: with accumulation over micro-batches of 1 on 2 processes they equal 1 process's values."""
@@ -163,7 +174,7 @@ def test_adaptive_kl_controller_is_global(runs):
     assert coefs[-1] != coefs[0]  # it did move (compared with 1 process in test_metrics_are_global_means)
 
 
-@pytest.mark.parametrize("name", ["rto", "rpp", "lora"])
+@pytest.mark.parametrize("name", ["rto", "rpp", "lora", "grp"])
 def test_updated_weights_match_one_process(runs, name):
     assert max_weight_diff(runs["one"] / name, runs["two"] / name) <= ATOL
     if name == "lora":  # the merged policy above; the critic adapter here

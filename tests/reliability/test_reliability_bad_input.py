@@ -142,6 +142,13 @@ def test_yaml_error_through_the_cli_is_one_line(tmp_path, capsys):
          r"field 'rollout_batch_size' \(6\) must be a multiple of 'mini_batch_size' \(4\)"),
         (PPOConfig, {"rollout_batch_size": 4, "mini_batch_size": 8},
          r"field 'rollout_batch_size' \(4\) must be a multiple of 'mini_batch_size' \(8\)"),
+        (PPOConfig, {"rollout_batch_size": 6, "num_samples_per_prompt": 2, "mini_batch_size": 8},
+         r"field 'rollout_batch_size' \(6\) x 'num_samples_per_prompt' \(2\) = 12 responses must be a multiple "
+         r"of 'mini_batch_size' \(8\)"),
+        (PPOConfig, {"advantage": "rloo"},
+         r"advantage 'rloo' compares the responses sampled for each prompt: set field 'num_samples_per_prompt'"),
+        (PPOConfig, {"num_samples_per_prompt": 0}, r"field 'num_samples_per_prompt' must be > 0, got 0"),
+        (PPOConfig, {"kl_placement": "loss", "kl_estimator": "k1"}, r"field 'kl_estimator' k1 cannot be a loss term"),
         (PPOConfig, {"beta2": -0.01}, r"field 'beta2' must be >= 0"),
         (PPOConfig, {"gamma": 1.5}, r"field 'gamma' must be in \[0, 1\], got 1\.5"),
         (PPOConfig, {"temperature": 0.0}, r"field 'temperature' must be > 0"),

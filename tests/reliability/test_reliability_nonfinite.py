@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import rto.trainers.ppo as ppo_mod
 from rto import models
+from rto.algorithms.losses import LossSum
 from rto.config import PPOConfig, SFTConfig
 from rto.errors import NonFiniteError
 from rto.trainers import checkpoints, guards
@@ -152,6 +153,10 @@ def _ppo_cfg(world, out, **kw):
     return PPOConfig(**{**base, **kw})
 
 
+def _poison_loss(loss):
+    return LossSum(loss.total * float("nan"), loss.count)
+
+
 def _poison_rewards(r):
     r.total = r.total * float("nan")
     return r
@@ -171,13 +176,19 @@ INJECTIONS = {
     "logits": ("role", "policy.logps", {2}, None, "policy log-probs"),
     "rm score": ("role", "reward.scores", {2}, None, "reward-model scores"),
     "token rewards": ("function", "compose_token_rewards", {2}, _poison_rewards, "token rewards"),
-    "advantages": ("function", "gae", {2}, lambda out: (out[0] * float("nan"), out[1]), "advantages"),
+    "advantages": (
+        "function",
+        "estimate_advantages",
+        {2},
+        lambda out: (out[0] * float("nan"), out[1]),
+        "advantages",
+    ),
     # two mini-batches per iteration: call 3 is iteration 2's first
     "policy loss": (
         "function",
-        "ppo_policy_loss",
+        "policy_loss_sum",
         {3},
-        lambda out: (out[0] * float("nan"), out[1]),
+        lambda out: (_poison_loss(out[0]), out[1]),
         "policy loss",
     ),
 }

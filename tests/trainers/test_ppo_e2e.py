@@ -11,6 +11,7 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
+from rto.algorithms.group_advantages import GROUP_ESTIMATORS, group_advantages
 from rto.config import PPOConfig
 from rto.errors import RtoError
 from rto.tasks.tokenizer import train_bpe_tokenizer
@@ -165,3 +166,65 @@ def test_other_modes_run(tmp_path, ppo_world, mode):
     kw = {"reward_model": None, "advantage": "reinforce++"} if mode == "dpo-only" else {}
     out = train_ppo(_cfg(ppo_world, tmp_path / mode, reward_mode=mode, num_iterations=1, **kw))
     assert len(read_metrics(out)) == 1
+
+
+# --------------------------------------------------------------------------- group estimators
+
+K = 2  # responses per prompt
+
+
+def _groups_of(out):
+    """iteration -> rows of rollouts.jsonl ordered by sample index."""
+    by_it = {}
+    for line in (out / "rollouts.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        by_it.setdefault(r["iteration"], []).append(r)
+    return {it: sorted(rows, key=lambda r: r["sample"]) for it, rows in by_it.items()}
+
+
+@pytest.mark.parametrize("mode, level", [("rto", "token"), ("ppo", "sequence")])
+@pytest.mark.parametrize("advantage", GROUP_ESTIMATORS)
+def test_group_estimators_run_and_use_their_groups(tmp_path, ppo_world, mode, level, advantage):
+    cfg = _cfg(ppo_world, tmp_path / advantage, reward_mode=mode, advantage=advantage, baseline_level=level,
+               num_samples_per_prompt=K, rollout_batch_size=4, mini_batch_size=4, max_new_tokens=6,
+               dump_rollouts=1)  # fmt: skip
+    out = train_ppo(cfg)
+    history = read_metrics(out)
+    assert [r["step"] for r in history] == [1, 2]
+    assert not (out / "critic").exists() and "value_loss" not in history[0]
+    for key in ("policy_loss", "advantages_mean", "kl", "score", "clipfrac"):
+        assert history[0][key] == history[0][key]  # not NaN
+    differing = 0
+    for rows in _groups_of(out).values():
+        # rollout_batch_size counts prompts: K responses for each, consecutive sample indices per prompt
+        assert [r["sample"] for r in rows] == list(range(4 * K))
+        for g in range(4):
+            members = rows[g * K : (g + 1) * K]
+            assert len({tuple(m["prompt_ids"]) for m in members}) == 1
+            differing += len({tuple(m["response_ids"]) for m in members}) > 1
+        # the dumped advantages are the estimator's, applied to the dumped rewards with these groups
+        T = max(len(r["rewards"]) for r in rows)
+        rewards = torch.zeros(len(rows), T, dtype=torch.float64)
+        mask = torch.zeros(len(rows), T, dtype=torch.bool)
+        for b, r in enumerate(rows):
+            rewards[b, : len(r["rewards"])] = torch.tensor(r["rewards"], dtype=torch.float64)
+            mask[b, : len(r["rewards"])] = True
+        groups = torch.tensor([r["sample"] // K for r in rows])
+        expected = group_advantages(advantage, rewards, mask, groups, level=level)
+        for b, r in enumerate(rows):
+            got = torch.tensor(r["advantages"], dtype=torch.float64)
+            torch.testing.assert_close(got, expected[b, : len(got)], atol=2e-4, rtol=1e-3)
+    assert differing > 0  # the K samples of a prompt have their own seeds
+
+
+def test_kl_as_a_loss_term(tmp_path, ppo_world):
+    cfg = _cfg(ppo_world, tmp_path / "klloss", reward_mode="rto", advantage="grpo", num_samples_per_prompt=K,
+               rollout_batch_size=4, mini_batch_size=8, max_new_tokens=6, kl_placement="loss", beta2=0.1,
+               dump_rollouts=1)  # fmt: skip
+    out = train_ppo(cfg)
+    history = read_metrics(out)
+    # one optimizer step per iteration: the first update starts from the reference, so its KL term is 0
+    assert history[0]["kl_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert history[1]["kl_loss"] > 0 and history[1]["kl"] > 0  # k3 of the moved policy
+    for rows in _groups_of(out).values():
+        assert all(x == 0 for r in rows for x in r["reward_kl"])  # not in the reward

@@ -26,11 +26,10 @@ __all__ = [
     "sequential_kl",
     "LOSS_AGGREGATIONS",
     "LossSum",
+    "aggregation_count",
     "aggregate_loss",
     "policy_loss_sum",
-    "ppo_policy_loss",
     "value_loss_sum",
-    "value_loss",
 ]
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "simpo", "rdpo")
@@ -254,6 +253,16 @@ class LossSum:
         return self.total / self.count.clamp(min=1).to(self.total.dtype)
 
 
+def aggregation_count(mask: Tensor, aggregation: str) -> Tensor:
+    """What ``aggregate_loss`` divides by: valid tokens for ``token-mean``, else sequences with a valid
+    token. A trainer takes it over the whole global mini-batch (float, no grad)."""
+    if aggregation not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {aggregation!r}; expected one of {LOSS_AGGREGATIONS}")
+    mask = _as_bool(mask)
+    count = mask.sum() if aggregation == "token-mean" else mask.any(-1).sum()
+    return count.detach().to(torch.float32)
+
+
 def aggregate_loss(
     per_token: Tensor, mask: Tensor, aggregation: str = "seq-mean-token-mean", norm_length: int | None = None
 ) -> LossSum:
@@ -271,21 +280,18 @@ def aggregate_loss(
       generation budget, max new tokens), then the mean over sequences. total =
       sum_i sum_t l_it / norm_length, count = sequences. Needs ``norm_length``.
     """
-    if aggregation not in LOSS_AGGREGATIONS:
-        raise ValueError(f"unknown loss aggregation {aggregation!r}; expected one of {LOSS_AGGREGATIONS}")
+    count = aggregation_count(mask, aggregation).to(per_token.dtype)
     mask = _as_bool(mask)
     zero = torch.zeros((), dtype=per_token.dtype, device=per_token.device)
     masked = torch.where(mask, per_token, zero)
     if aggregation == "token-mean":
-        return LossSum(masked.sum(), mask.sum().detach().to(per_token.dtype))
-    has_token = mask.any(-1)
-    n_seq = has_token.sum().detach().to(per_token.dtype)
+        return LossSum(masked.sum(), count)
     if aggregation == "seq-mean-token-mean":
         row_mean = masked.sum(-1) / mask.sum(-1).clamp(min=1).to(per_token.dtype)
-        return LossSum(row_mean.sum(), n_seq)
+        return LossSum(row_mean.sum(), count)
     if norm_length is None or norm_length <= 0:
         raise ValueError(f"seq-mean-token-sum-norm needs a positive norm_length, got {norm_length}")
-    return LossSum(masked.sum() / norm_length, n_seq)
+    return LossSum(masked.sum() / norm_length, count)
 
 
 def policy_loss_sum(
@@ -337,18 +343,6 @@ def policy_loss_sum(
     return loss, stats
 
 
-def ppo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_eps: float = 0.2,
-) -> tuple[Tensor, dict]:
-    """``policy_loss_sum`` with the default aggregation, as a mean over this batch alone."""
-    loss, stats = policy_loss_sum(logprobs, old_logprobs, advantages, mask, clip_eps)
-    return loss.mean(), stats
-
-
 def value_loss_sum(
     values: Tensor,
     old_values: Tensor,
@@ -380,15 +374,3 @@ def value_loss_sum(
             clipfrac = masked_mean((active & (err_clipped > err)).float(), mask)
     loss = aggregate_loss(per_token, mask, aggregation, norm_length)
     return loss, {"vf_clipfrac": clipfrac.detach()}
-
-
-def value_loss(
-    values: Tensor,
-    old_values: Tensor,
-    returns: Tensor,
-    mask: Tensor,
-    clip_range: float | None = 0.2,
-) -> tuple[Tensor, dict]:
-    """``value_loss_sum`` with the default aggregation, as a mean over this batch alone."""
-    loss, stats = value_loss_sum(values, old_values, returns, mask, clip_range)
-    return loss.mean(), stats

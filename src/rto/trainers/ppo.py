@@ -5,12 +5,15 @@ KL controller); ``ppo_iteration(run, ...)`` is one iteration; ``train_ppo`` chai
 checkpoints and stopping on a signal. `rto bench` times the same ``ppo_iteration``. One iteration reads
 top to bottom:
 
-1. rollout    sample one response per prompt from the current policy (the rollout engine, per-sample seeds);
+1. rollout    sample `num_samples_per_prompt` responses per prompt from the current policy (the rollout
+              engine, per-sample seeds);
 2. score      policy (old), reference, DPO model log-probs of the sampled tokens, critic values,
               reward-model score at the last valid token (one object per role: rto/scoring.py);
 3. rewards    per-token rewards of the chosen mode (algorithms/rewards.py);
-4. advantages GAE with the critic, or REINFORCE++ returns-to-go, whitened over the global batch;
-5. update     `ppo_epochs` passes of clipped policy and value losses over global mini-batches.
+4. advantages the estimator of `--advantage` (algorithms/estimators.py): GAE with the critic, REINFORCE++,
+              or a group baseline over the `num_samples_per_prompt` responses of each prompt;
+5. update     `ppo_epochs` passes of clipped policy and value losses over global mini-batches, each loss a
+              sum divided by the count of the whole global mini-batch (`loss_aggregation`).
 
 Multi-process: each process generates and scores its share of the global prompt batch; the rollout is
 then gathered so every process holds the whole global batch. Whitening and metrics are therefore global,
@@ -32,10 +35,11 @@ from typing import Any, Protocol
 import torch
 
 from rto import distributed, jsonl, models, scoring
-from rto.algorithms.advantages import explained_variance, gae, masked_whiten, reinforce_pp_advantages
+from rto.algorithms.advantages import explained_variance, masked_whiten
+from rto.algorithms.estimators import ESTIMATORS, estimate_advantages
 from rto.algorithms.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from rto.algorithms.logprobs import entropy_from_logits, masked_mean, shifted_token_logprobs
-from rto.algorithms.losses import ppo_policy_loss, value_loss
+from rto.algorithms.losses import aggregation_count, policy_loss_sum, value_loss_sum
 from rto.algorithms.rewards import compose_token_rewards
 from rto.algorithms.rollout_correction import logprob_mismatch, truncated_is_weights
 from rto.config import PPOConfig
@@ -138,13 +142,35 @@ class Targets:
     norm_scores: torch.Tensor
 
 
+def kl_estimator(cfg: PPOConfig) -> str:
+    """The per-token KL estimator: as configured, else k1 in the reward and k3 in the loss."""
+    return cfg.kl_estimator or ("k1" if cfg.kl_placement == "reward" else "k3")
+
+
+def group_index(cfg: PPOConfig, sample_index: torch.Tensor) -> torch.Tensor:
+    """The prompt (group) of each sample: the samples of a prompt have consecutive global indices."""
+    return sample_index // cfg.num_samples_per_prompt
+
+
+def group_samples(share: list[tuple[int, int]], items: list, k: int) -> tuple[list, torch.Tensor]:
+    """This process's prompts, each repeated ``k`` times (a group), and every sample's global index.
+
+    ``share`` holds (position in the global prompt batch, item index). Sample j of the prompt at position
+    p has global index p * k + j: its sampling seed derives from it, so the k samples of a prompt differ
+    and no sample depends on how many processes generated the batch (k = 1: the index is p).
+    """
+    local_items = [items[i] for _, i in share for _ in range(k)]
+    sample_index = torch.tensor([p * k + j for p, _ in share for j in range(k)], dtype=torch.long)
+    return local_items, sample_index
+
+
 def compute_targets(
     cfg: PPOConfig, reward: RewardModel | None, exp: Experience, kl_coef: float, delim: torch.Tensor
 ) -> Targets:
     """Phases 3 and 4: per-token rewards, then advantages and returns (``reward``: its score statistics
     normalise the scores; None in dpo-only)."""
     mask = exp.mask.bool()
-    kl = kl_penalty(exp.logps, exp.ref_logps, cfg.kl_estimator) * mask
+    kl = kl_penalty(exp.logps, exp.ref_logps, kl_estimator(cfg)) * mask
     scores = exp.scores
     if cfg.normalize_rm_score and reward is not None:
         scores = (scores - reward.mean) / reward.std
@@ -160,7 +186,7 @@ def compute_targets(
         rm_scores=scores if reward is not None else None,
         dpo_logratio=logratio,
         beta1=cfg.beta1,
-        beta2=kl_coef,
+        beta2=kl_coef if cfg.kl_placement == "reward" else 0.0,  # else a term of the policy loss
         beta3=cfg.beta3,
         dpo_reward_clip=cfg.dpo_reward_clip,
         sentence_end_mask=delim.to(response_ids.device)[response_ids] & mask
@@ -170,13 +196,18 @@ def compute_targets(
     token_rewards = rewards.total
     if cfg.whiten_rewards:
         token_rewards = masked_whiten(token_rewards, mask, shift_mean=False)
-    # The experience is the gathered global batch on every process, so these statistics are global.
-    if cfg.advantage == "gae":
-        adv, returns = gae(token_rewards, exp.values, mask, gamma=cfg.gamma, lam=cfg.lam)
-        adv = masked_whiten(adv, mask)
-    else:
-        adv = reinforce_pp_advantages(token_rewards, mask, gamma=cfg.gamma)
-        returns = adv
+    # The experience is the gathered global batch on every process, so these statistics are global and
+    # every group is whole.
+    adv, returns = estimate_advantages(
+        cfg.advantage,
+        token_rewards,
+        mask,
+        values=exp.values,
+        group_index=group_index(cfg, exp.sample_index),
+        level=cfg.baseline_level,
+        gamma=cfg.gamma,
+        lam=cfg.lam,
+    )
     return Targets(rewards=rewards, advantages=adv, returns=returns, kl=kl, norm_scores=scores)
 
 
@@ -237,7 +268,7 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
     check_config_sources(cfg)
     acc = distributed.make_accelerator(cfg)
     cfg.validate(num_processes=acc.num_processes)
-    distributed.require_support(acc, "ppo", with_critic=cfg.advantage == "gae")
+    distributed.require_support(acc, "ppo", with_critic=ESTIMATORS[cfg.advantage].needs_critic)
     if cfg.engine == "vllm" and distributed.layout_of(acc).shards_weights:
         raise RtoError(
             f"--engine vllm does not run under {distributed.layout_of(acc).name} yet: each process's engine "
@@ -252,7 +283,8 @@ def setup_ppo(cfg: PPOConfig) -> PPORun:
     tok = ms.tokenizer
     prompts = load_prompts(cfg, acc, tok)
 
-    steps_per_iteration = cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size)
+    samples = cfg.rollout_batch_size * cfg.num_samples_per_prompt  # responses per iteration
+    steps_per_iteration = cfg.ppo_epochs * (samples // cfg.mini_batch_size)
     total_steps = cfg.num_iterations * steps_per_iteration
     # The actor's schedule runs over the actor's own updates: none during the critic's warm-up.
     actor_steps = max(cfg.num_iterations - cfg.critic_warmup_iterations, 1) * steps_per_iteration
@@ -336,8 +368,7 @@ def ppo_iteration(
     # 1. rollout ------------------------------------------------------------------------------------
     with observer.phase("generation"):
         share = data_order.process_share(list(enumerate(indices)), acc)
-        local_items = [run.prompts[i] for _, i in share]
-        sample_index = torch.tensor([g for g, _ in share], dtype=torch.long)
+        local_items, sample_index = group_samples(share, run.prompts, cfg.num_samples_per_prompt)
         batch = collate_prompts(local_items, tok.pad_token_id)
         run.engine.sync_weights(run.policy)  # sample from the weights of the last update
         roll = run.engine.generate(
@@ -390,7 +421,7 @@ def ppo_iteration(
     # metrics ---------------------------------------------------------------------------------------
     mask = exp.mask.bool()
     seq_kl = (tg.kl * mask).sum(-1)
-    run.kl_ctl.update(float(seq_kl.mean()), cfg.rollout_batch_size)
+    run.kl_ctl.update(float(seq_kl.mean()), cfg.rollout_batch_size * cfg.num_samples_per_prompt)
     row = {
         "iteration": it + 1,
         "score": float(exp.scores.mean()),
@@ -456,12 +487,17 @@ def train_ppo(cfg: PPOConfig | PPORun, rollout_hook: RolloutHook | None = None) 
 
 
 # Update statistics that are means over tokens: reported as means over every token of every process.
-TOKEN_MEAN_STATS = frozenset({"entropy", "clipfrac", "approx_kl", "ratio_mean", "vf_clipfrac"})
+TOKEN_MEAN_STATS = frozenset({"entropy", "clipfrac", "approx_kl", "ratio_mean", "vf_clipfrac", "kl_loss"})
 
 
 def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, float]:
     """Phase 5: ppo_epochs passes over global mini-batches; each process takes its contiguous share of each.
-    The actor is trained from iteration ``critic_warmup_iterations`` on (the critic from the start)."""
+    The actor is trained from iteration ``critic_warmup_iterations`` on (the critic from the start).
+
+    Each loss is a sum over this process's micro-batches divided by the count of the whole global
+    mini-batch (``loss_aggregation``; every process holds the whole rollout, so it knows that count), so the
+    update does not depend on the number of processes or the micro-batch size. With ``kl_placement`` "loss"
+    the policy loss carries the KL term, weighted by the KL controller's coefficient."""
     cfg, acc, policy, critic, guard = run.cfg, run.acc, run.policy, run.critic, run.guard
     actor_opt, critic_opt = run.actor_opt, run.critic_opt
     actor_sched, critic_sched = run.actor_sched, run.critic_sched
@@ -469,10 +505,13 @@ def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, 
     excluded = run.scorers.policy.excluded_ids  # score as the rollout was scored: as it was sampled
     N = exp.input_ids.shape[0]
     mb = cfg.mini_batch_size
-    local_mb = mb // acc.num_processes
+    n_proc = acc.num_processes
+    local_mb = mb // n_proc
     micro = cfg.per_device_micro_batch_size or local_mb
     P = exp.prompt_len
-    sums: dict[str, float] = {}  # per-sequence means, weighted by the micro-batch's share of sequences
+    aggregation = cfg.loss_aggregation or ESTIMATORS[cfg.advantage].loss_aggregation
+    kl_in_loss = cfg.kl_placement == "loss"
+    sums: dict[str, float] = {}  # the mini-batch's losses (x processes) and other per-update values
     tok_sums: dict[str, float] = {}  # per-token means, weighted by token counts: global token means
     n_tokens = 0.0
     n_updates = 0
@@ -484,25 +523,27 @@ def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, 
         order = torch.randperm(N, generator=g) if epoch > 0 else torch.arange(N)
         for start in range(0, N, mb):
             rows = order[start : start + mb]
+            count = float(aggregation_count(exp.mask[rows], aggregation))  # of the global mini-batch
             rows = rows[acc.process_index * local_mb : (acc.process_index + 1) * local_mb]
             chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
             for k, r in enumerate(chunks):
                 r = r.to(exp.input_ids.device)
                 ids, attn, mask = exp.input_ids[r], exp.attention_mask[r], exp.mask[r].bool()
-                weight = len(r) / local_mb  # seq-then-batch mean over the local mini-batch share
                 sync = k == len(chunks) - 1
                 stats: dict[str, float] = {}
                 if train_actor:
                     with distributed.accumulation_step(acc, policy, last=sync):
                         logits = models.causal_lm_logits(policy, ids, attn)
                         logps = shifted_token_logprobs(logits, ids, cfg.temperature, excluded)[:, P - 1 :]
-                        pl, pstats = ppo_policy_loss(
-                            logps, exp.logps[r], tg.advantages[r], mask, cfg.clip_eps
-                        )
-                        pl_value = float(pl.detach())
+                        pl, pstats = policy_loss_sum(
+                            logps, exp.logps[r], tg.advantages[r], mask, cfg.clip_eps, aggregation,
+                            norm_length=cfg.max_new_tokens, ref_logprobs=exp.ref_logps[r] if kl_in_loss else None,
+                            kl_coef=run.kl_ctl.value, kl_estimator=kl_estimator(cfg),
+                        )  # fmt: skip
+                        pl_value = float(pl.total.detach()) / count * n_proc
                         if not math.isfinite(pl_value) and cfg.on_nonfinite == "stop":  # skip: see grads
                             raise guards.nonfinite_error(cfg, f"non-finite policy loss at iteration {it + 1}")
-                        acc.backward(pl * weight)
+                        acc.backward(pl.total / count * n_proc)  # DDP averages over processes
                     with torch.no_grad():
                         ent = masked_mean(
                             entropy_from_logits(logits[:, P - 1 : -1].detach(), cfg.temperature, excluded),
@@ -516,18 +557,22 @@ def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, 
                 if critic is not None:
                     with distributed.accumulation_step(acc, critic, last=sync):
                         values = scoring.response_values(critic, ids, attn, P)
-                        vl, vstats = value_loss(values, exp.values[r], tg.returns[r], mask, cfg.value_clip)
-                        if not torch.isfinite(vl) and cfg.on_nonfinite == "stop":  # skip: see grads
+                        vl, vstats = value_loss_sum(
+                            values, exp.values[r], tg.returns[r], mask, cfg.value_clip, aggregation,
+                            norm_length=cfg.max_new_tokens,
+                        )  # fmt: skip
+                        vl_value = float(vl.total.detach()) / count * n_proc
+                        if not math.isfinite(vl_value) and cfg.on_nonfinite == "stop":  # skip: see grads
                             raise guards.nonfinite_error(cfg, f"non-finite value loss at iteration {it + 1}")
-                        acc.backward(vl * weight)
-                    stats.update(value_loss=float(vl.detach()), **{k2: float(v) for k2, v in vstats.items()})
+                        acc.backward(vl.total / count * n_proc)
+                    stats.update(value_loss=vl_value, **{k2: float(v) for k2, v in vstats.items()})
                 n_tok = float(mask.sum())
                 n_tokens += n_tok
                 for k2, v in stats.items():
                     if k2 in TOKEN_MEAN_STATS:
                         tok_sums[k2] = tok_sums.get(k2, 0.0) + v * n_tok
-                    else:
-                        sums[k2] = sums.get(k2, 0.0) + v * weight
+                    else:  # a loss: this micro-batch's part of the mini-batch's, x processes
+                        sums[k2] = sums.get(k2, 0.0) + v
             # one optimizer step per global mini-batch
             try:
                 if train_actor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rto import models, scoring
+from rto.algorithms.estimators import ESTIMATORS
 from rto.config import PPOConfig
 from rto.engines import never_sampled
 from rto.scoring import Critic, LogProbModel, RewardModel
@@ -40,7 +41,7 @@ class Scorers:
 class PPOModels:
     tokenizer: Any
     policy: Any  # the trained policy (a peft model with --lora)
-    critic: Any | None  # the trained critic (advantage "gae")
+    critic: Any | None  # the trained critic (estimators that need one: gae)
     scorers: Scorers
 
 
@@ -70,7 +71,7 @@ def load_models(cfg: PPOConfig) -> PPOModels:
             cfg.reward_model, tok, trc, normalize=cfg.normalize_rm_score, dtype=cfg.dtype
         )
     critic = None
-    if cfg.advantage == "gae":
+    if ESTIMATORS[cfg.advantage].needs_critic:
         critic, reward = load_critic(cfg, tok, reward)
     for m in (policy, critic, *(r.own_model for r in (reference, dpo, reward) if r is not None)):
         if m is not None:
