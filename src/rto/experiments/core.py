@@ -204,10 +204,11 @@ def run_rl_cell(spec: dict, folder: Path) -> dict:
         passes_per_iteration=passes_per_iteration(
             spec["mode"],
             spec["advantage"],
-            d.ppo_epochs,
-            d.rollout_batch_size,
-            d.mini_batch_size,
-            d.max_new_tokens,
+            cfg.ppo_epochs,
+            cfg.rollout_batch_size,
+            cfg.mini_batch_size,
+            cfg.max_new_tokens,
+            cfg.num_samples_per_prompt,
         ),  # fmt: skip
     )
     return result

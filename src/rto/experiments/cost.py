@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rto.algorithms.estimators import ESTIMATORS
+
 
 def passes_per_iteration(
     mode: str,
@@ -16,6 +18,7 @@ def passes_per_iteration(
     rollout_batch_size: int,
     mini_batch_size: int,
     max_new_tokens: int,
+    samples_per_prompt: int = 1,
 ) -> dict:
     """Model passes one PPO/RTO iteration makes, counted from the trainer's structure (rto.trainers.ppo).
 
@@ -24,13 +27,15 @@ def passes_per_iteration(
     (KV-cached) policy forwards over the batch, an upper bound reached when no sequence stops early.
 
     * scoring (no grad): policy (old log-probs), reference, DPO model (every mode but PPO), critic values
-      (advantage 'gae' only), reward model (every mode but dpo-only);
-    * training, per PPO epoch: policy forward + backward, and critic forward + backward with 'gae'
+      (estimators with a critic: 'gae'), reward model (every mode but dpo-only);
+    * training, per PPO epoch: policy forward + backward, and critic forward + backward with a critic
       (mini-batches split the batch, they do not add passes).
+
+    The rollout batch holds ``rollout_batch_size`` prompts x ``samples_per_prompt`` responses.
 
     ``forward_equivalents`` weighs a backward as two forwards (the usual estimate) and leaves generation
     out (its cost depends on the response length, which the wall-clock times capture)."""
-    gae = advantage == "gae"
+    gae = ESTIMATORS[advantage].needs_critic
     scoring = {
         "policy": 1,
         "reference": 1,
@@ -47,7 +52,9 @@ def passes_per_iteration(
         "scoring_forwards_total": score,
         "train_forwards": train_fwd,
         "train_backwards": train_bwd,
-        "optimizer_steps": ppo_epochs * (rollout_batch_size // mini_batch_size) * (1 + int(gae)),
+        "optimizer_steps": ppo_epochs
+        * (rollout_batch_size * samples_per_prompt // mini_batch_size)
+        * (1 + int(gae)),
         "forward_equivalents": score + train_fwd + 2 * train_bwd,
     }
 
