@@ -6,23 +6,13 @@ import torch
 from rto.algorithms.losses import (
     bradley_terry_loss,
     dpo_loss,
-    policy_loss_sum,
+    ppo_policy_loss,
     reward_centering,
     sequential_kl,
     sft_loss,
     tdpo_loss,
-    value_loss_sum,
+    value_loss,
 )
-
-
-def ppo_policy_loss(*args, **kwargs):  # the default aggregation's mean over one batch
-    loss, stats = policy_loss_sum(*args, **kwargs)
-    return loss.mean(), stats
-
-
-def value_loss(*args, **kwargs):
-    loss, stats = value_loss_sum(*args, **kwargs)
-    return loss.mean(), stats
 
 
 def softplus(x: float) -> float:  # -log sigmoid(-x)

@@ -29,7 +29,9 @@ __all__ = [
     "aggregation_count",
     "aggregate_loss",
     "policy_loss_sum",
+    "ppo_policy_loss",
     "value_loss_sum",
+    "value_loss",
 ]
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "simpo", "rdpo")
@@ -343,6 +345,14 @@ def policy_loss_sum(
     return loss, stats
 
 
+def ppo_policy_loss(*args, **kwargs) -> tuple[Tensor, dict]:
+    """``policy_loss_sum`` as a mean over the given batch alone (same arguments): for code that sees a
+    whole batch at once. A trainer that splits a mini-batch over micro-batches or processes divides the
+    sums by the global count instead."""
+    loss, stats = policy_loss_sum(*args, **kwargs)
+    return loss.mean(), stats
+
+
 def value_loss_sum(
     values: Tensor,
     old_values: Tensor,
@@ -374,3 +384,9 @@ def value_loss_sum(
             clipfrac = masked_mean((active & (err_clipped > err)).float(), mask)
     loss = aggregate_loss(per_token, mask, aggregation, norm_length)
     return loss, {"vf_clipfrac": clipfrac.detach()}
+
+
+def value_loss(*args, **kwargs) -> tuple[Tensor, dict]:
+    """``value_loss_sum`` as a mean over the given batch alone (same arguments; see ``ppo_policy_loss``)."""
+    loss, stats = value_loss_sum(*args, **kwargs)
+    return loss.mean(), stats
