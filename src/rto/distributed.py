@@ -76,7 +76,8 @@ LAYOUTS: dict[str, Layout] = {
             "deepspeed-zero2",
             shards_weights=False,
             ppo_critic="rto ppo with a critic (advantage 'gae') cannot run under DeepSpeed: accelerate drives "
-            f"one engine per Accelerator; use FSDP2 ({_FSDP2_LAUNCH}) or DDP, or --advantage reinforce++",
+            f"one engine per Accelerator; use FSDP2 ({_FSDP2_LAUNCH}) or DDP, or a critic-free --advantage "
+            "(reinforce++, grpo, rloo, reinforce++-baseline, dr-grpo)",
         ),
         Layout(
             "deepspeed-zero3",
