@@ -8,9 +8,9 @@ import pytest
 
 from rto.cli import main
 from rto.errors import ConfigError
-from rto.experiments import ExperimentConfig, run_experiment
+from rto.experiments import ExperimentConfig, core, run_experiment
 from rto.experiments.cells import computed_log
-from rto.experiments.run import resolve
+from rto.experiments.run import GROUP_K, GROUP_VARIANTS, plan, resolve, restrict
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def _check_outputs(out, res):
 def test_variants_table_claims_and_costs(variants):
     res = json.loads((variants / "results.json").read_text())
     _check_outputs(variants, res)
-    expected = {"PPO", "RTO", "Semi-RTO", "DDPO", "RS-PPO", "DPO-only", "REINFORCE++", "RTO+REINFORCE++"}
+    expected = {"PPO", "RTO", "Semi-RTO", "DDPO", "RS-PPO", "DPO-only", "REINFORCE++", "RTO+REINFORCE++",
+                "RTO+RLOO/token", "PPO+GRPO/seq"}  # fmt: skip
     assert expected | {"DPO (offline)", "SFT"} == set(res["methods"])
     m = res["methods"]
     assert m["SFT"]["win"]["mean"] == pytest.approx(0.5)  # SFT against its own samples: all ties
@@ -56,6 +57,10 @@ def test_variants_table_claims_and_costs(variants):
     assert m["RTO"]["passes_per_iteration"]["scoring_forwards"]["dpo"] == 1
     assert m["PPO"]["passes_per_iteration"]["scoring_forwards"]["dpo"] == 0
     assert m["REINFORCE++"]["passes_per_iteration"]["scoring_forwards"]["critic"] == 0
+    for name in ("RTO+RLOO/token", "PPO+GRPO/seq"):  # no critic; K = 4 responses of a quarter of the prompts
+        pp = m[name]["passes_per_iteration"]
+        assert pp["scoring_forwards"]["critic"] == 0 and pp["optimizer_steps"] == m["REINFORCE++"][
+            "passes_per_iteration"]["optimizer_steps"]  # fmt: skip
     for c in res["claims"]:
         assert c["status"] in ("holds", "not shown", "contradicted") and c["single_seed"]
     assert res["cells_cpu_s"] > 0 and m["RTO"]["cpu_s_per_run"] > 0
@@ -67,7 +72,7 @@ def test_variants_table_claims_and_costs(variants):
 
 def test_resume_recomputes_only_the_missing_cell(variants):
     n = len(computed_log(variants))
-    assert n == 12  # 2 preference models + 8 RL runs + offline DPO + SFT
+    assert n == 14  # 2 preference models + 10 RL runs + offline DPO + SFT
     victim = next(
         c for c in (variants / "cells").iterdir() if json.loads((c / "spec.json").read_text())["kind"] == "rl"
     )
@@ -201,3 +206,23 @@ def test_frontier_plumbing(root, variants):
     n = len(computed_log(out))
     run_experiment(ExperimentConfig(name="frontier", preset="quick", out=str(out)))
     assert len(computed_log(out)) == n
+
+
+def test_group_rows_keep_the_budget_and_only_restricts_the_plan(tmp_path):
+    cfg, dcfg, preset = resolve(ExperimentConfig(name="variants", preset="default", out=str(tmp_path)))
+    demo = core.demo_spec(dcfg)
+    p = plan(cfg, demo, preset)
+    assert set(GROUP_VARIANTS) <= set(p.methods) and len(GROUP_VARIANTS) == 8
+    for name, (mode, adv, level) in GROUP_VARIANTS.items():
+        spec = p.methods[name][0]
+        assert (spec["mode"], spec["advantage"], spec["overrides"]["baseline_level"]) == (mode, adv, level)
+        # as many responses per iteration as the other rows: rollout_batch_size / K prompts x K samples
+        over = spec["overrides"]
+        assert over["num_samples_per_prompt"] == GROUP_K
+        assert over["rollout_batch_size"] * GROUP_K == demo["rollout_batch_size"]
+    assert "overrides" in p.methods["RTO"][0] and p.methods["RTO"][0]["overrides"] == {}  # old rows unchanged
+    only = restrict(p, "RTO+RLOO/token, PPO+GRPO/seq")
+    assert list(only.methods) == ["RTO+RLOO/token", "PPO+GRPO/seq"] and len(only.prefs) == 2
+    assert restrict(p, "SFT").prefs == []
+    with pytest.raises(ConfigError, match=r"field 'only': no method 'RTO\+PPO'"):
+        restrict(p, "RTO+PPO")

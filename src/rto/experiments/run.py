@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         per_experiment={"frontier": dict(ppo_iterations=2)},
         # plumbing only: two points of each grid, a checkpoint every iteration, best-of-1..4
         frontier=dict(beta2=(0.01, 0.2), dpo_beta=(0.1, 1.0), best_of_max=4, every=1, targets=(0.01, 2.0)),
+        group_variants=("RTO+RLOO/token", "PPO+GRPO/seq"),  # plumbing: one of each reward, level, estimator
     ),
     "default": dict(
         demo_preset="default", demo=dict(ppo_iterations=40), seeds=3,
@@ -39,6 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # variants and data-scaling, evaluated every 8
         frontier=dict(beta2=frontier.BETA2_GRID, dpo_beta=frontier.DPO_BETAS, best_of_max=64, every=8,
                       targets=frontier.KL_TARGETS),
+        group_variants=None,  # all of GROUP_VARIANTS
     ),
 }  # fmt: skip
 
@@ -52,6 +54,17 @@ VARIANTS = {
     "DPO-only": ("dpo-only", "gae"),
     "REINFORCE++": ("ppo", "reinforce++"),
     "RTO+REINFORCE++": ("rto", "reinforce++"),
+}
+
+# Critic-free group estimators (docs/estimators.md): name -> (reward mode, advantage, baseline level). Each
+# samples GROUP_K responses for rollout_batch_size / GROUP_K prompts, so an iteration generates as many
+# responses as every other row (the same generated-token budget at equal response lengths).
+GROUP_K = 4
+GROUP_VARIANTS = {
+    f"{reward}+{name}/{short}": (mode, adv, level)
+    for name, adv in (("RLOO", "rloo"), ("GRPO", "grpo"))
+    for reward, mode in (("PPO", "ppo"), ("RTO", "rto"))
+    for short, level in (("seq", "sequence"), ("token", "token"))
 }
 
 # Preference learners of token-sources and their beta (SimPO's scale is larger: its reward is a
@@ -78,6 +91,8 @@ class ExperimentConfig:
     """data-scaling: train each fraction's reward and DPO models for the same epochs as on all pairs (fewer optimizer steps on less data), or for the same number of steps (more epochs on less data)."""
     gold_reward: str = "vader"
     """Gold reward that labels the preference pairs and judges every policy: 'vader', 'module:function' or 'file.py:function' (as `rto demo --gold-reward`); part of every cell's settings."""
+    only: str = ""
+    """Compute and report only these methods, comma-separated (e.g. 'RTO+RLOO/token,PPO+GRPO/seq'); default: every method of the experiment."""
     workers: int = 2
     """Cells computed in parallel (processes)."""
     threads: int = 1
@@ -97,6 +112,8 @@ def resolve(cfg: ExperimentConfig) -> tuple[ExperimentConfig, Any, dict]:
     cfg = dataclasses.replace(cfg, seeds=cfg.seeds or p["seeds"])
     if cfg.seeds < 1 or cfg.workers < 1 or cfg.threads < 1:
         raise ConfigError("fields 'seeds', 'workers' and 'threads' must be >= 1")
+    if cfg.only and cfg.name == "frontier":
+        raise ConfigError("field 'only' selects methods of the table experiments, not of frontier")
     if cfg.pref_budget not in ("epochs", "steps"):
         raise ConfigError(f"field 'pref_budget' must be 'epochs' or 'steps', got {cfg.pref_budget!r}")
     if not cfg.out:
@@ -142,6 +159,12 @@ def plan(cfg: ExperimentConfig, demo: dict, preset: dict) -> Plan:
             name: [core.rl_spec(demo, mode, rm, dpo, k, advantage=adv) for k in seeds]
             for name, (mode, adv) in VARIANTS.items()
         }
+        group = preset.get("group_variants") or tuple(GROUP_VARIANTS)
+        for name in group:
+            mode, adv, level = GROUP_VARIANTS[name]
+            over = dict(num_samples_per_prompt=GROUP_K, rollout_batch_size=demo["rollout_batch_size"] // GROUP_K,
+                        baseline_level=level)  # fmt: skip
+            methods[name] = [core.rl_spec(demo, mode, rm, dpo, k, advantage=adv, **over) for k in seeds]
         methods["DPO (offline)"] = [core.eval_spec(demo, dpo)]
         return Plan([rm, dpo], {**methods, **sft})
     if cfg.name == "sweep":
@@ -177,6 +200,23 @@ def plan(cfg: ExperimentConfig, demo: dict, preset: dict) -> Plan:
     return Plan(prefs, {**methods, **sft}, meta)
 
 
+def restrict(p: Plan, only: str) -> Plan:
+    """The plan cut down to the methods named in ``only`` (comma-separated; empty: all of them) and the
+    preference models they use."""
+    if not only:
+        return p
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in p.methods]
+    if unknown:
+        raise ConfigError(
+            f"field 'only': no method {', '.join(map(repr, unknown))}; methods: {', '.join(p.methods)}"
+        )
+    methods = {n: p.methods[n] for n in names}
+    used = {s.get(k) for cells in methods.values() for s in cells for k in ("rm", "dpo", "policy")}
+    prefs = [pf for pf in p.prefs if cell_hash(pf) in used]
+    return Plan(prefs, methods, {n: m for n, m in p.meta.items() if n in methods})
+
+
 # ----------------------------------------------------------------------------- claims
 
 
@@ -210,6 +250,21 @@ def claims(name: str, res: dict[str, list[dict]], meta: dict, preset: dict) -> l
         cmp("Semi-RTO", "DDPO", "denser is better: Semi-RTO > DDPO", better)
         cmp("RS-PPO", "RTO", "shaping: RS-PPO ≈ RTO (no significant difference)", same)
         cmp("RTO+REINFORCE++", "REINFORCE++", "RTO+REINFORCE++ > REINFORCE++", better)
+        for est in ("RLOO", "GRPO"):
+            cmp(f"RTO+{est}/token", f"RTO+{est}/seq", f"{est}: the token-level baseline > the sequence level "
+                "with RTO rewards", better)  # fmt: skip
+            cmp(
+                f"RTO+{est}/token",
+                f"PPO+{est}/seq",
+                f"{est}: RTO rewards (token level) > PPO rewards",
+                better,
+            )
+            cmp(
+                f"RTO+{est}/token",
+                "RTO",
+                f"RTO+{est}/token vs RTO with GAE (no significant difference)",
+                same,
+            )
     elif name == "token-sources":
         for loss in TOKEN_SOURCES:
             if loss != "sigmoid":
@@ -222,6 +277,8 @@ def claims(name: str, res: dict[str, list[dict]], meta: dict, preset: dict) -> l
             cmp(f"RTO [{loss}]", "PPO", f"RTO with {loss} token rewards > PPO", better)
     elif name == "sweep":
         center = [k for k, m in meta.items() if m.get("dpo_reward_clip") is None]
+        if not center:  # restricted to clipped points (--only)
+            return out
         best = max(center, key=lambda k: sum(sum(r["per_prompt"]["gold"]) for r in res[k]) / len(res[k]))
         default = next((k for k in center if k == _default_key(meta)), None)
         if default and best != default:
@@ -268,7 +325,7 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
 
     if cfg.name == "frontier":
         return frontier.run_frontier(cfg, demo, preset, out, t0, done)
-    p = plan(cfg, demo, preset)
+    p = restrict(plan(cfg, demo, preset), cfg.only)
     if cfg.name == "sweep":
         for m in p.meta.values():
             m["is_default"] = m.get("dpo_reward_clip") is None and all(
