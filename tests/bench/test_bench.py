@@ -233,3 +233,28 @@ def test_summary_statistic_is_applied_per_column_and_consistent(how):
     assert s["floor_s"]["total"] == pytest.approx(pick(floors))
     assert s["iteration_over_floor"] == pytest.approx(s["iteration_s"] / s["floor_s"]["total"])
     assert s["tokens_per_s"]["train"] == pytest.approx(150.0 * 2 / s["phases_s"]["train"])
+
+
+def test_estimators_on_the_same_shapes(tmp_path):
+    cfg = bench.BenchConfig(
+        model_size="micro", vocab_size=300, rollout_batch_size=4, mini_batch_size=2, max_new_tokens=4,
+        prompt_length=4, iterations=1, warmup_iterations=0, threads=1, estimators="gae,grpo,rloo", group_size=2,
+        json_out=str(tmp_path / "est.json"), work_dir=str(tmp_path / "world"),
+    )  # fmt: skip
+    bench.run_bench(cfg)
+    data = json.loads((tmp_path / "est.json").read_text())
+    est = data["estimators"]
+    assert list(est) == ["gae", "grpo", "rloo"]
+    for name, e in est.items():
+        assert e["responses_per_iteration"] == 4, name  # the same shapes for every estimator
+        assert e["prompts_per_iteration"] == (4 if name == "gae" else 2), name
+        assert e["critic"] == (name == "gae")
+        assert _positive_finite(e["iteration_s"]) and all(_positive_finite(v) for v in e["phases_s"].values())
+    assert est["gae"]["over_gae"] == 1.0 and _positive_finite(est["rloo"]["over_gae"])
+
+
+def test_estimators_are_validated():
+    with pytest.raises(ConfigError, match="field 'estimators': unknown 'ppo'"):
+        bench._validate(bench.BenchConfig(estimators="gae,ppo"))
+    with pytest.raises(ConfigError, match="field 'group_size' must be >= 2"):
+        bench._validate(bench.BenchConfig(estimators="grpo", group_size=1))
