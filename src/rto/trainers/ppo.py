@@ -523,7 +523,8 @@ def ppo_update(run: PPORun, exp: Experience, tg: Targets, it: int) -> dict[str, 
         order = torch.randperm(N, generator=g) if epoch > 0 else torch.arange(N)
         for start in range(0, N, mb):
             rows = order[start : start + mb]
-            count = float(aggregation_count(exp.mask[rows], aggregation))  # of the global mini-batch
+            # the count of the whole global mini-batch: what every process's loss sums are divided by
+            count = max(float(aggregation_count(exp.mask[rows], aggregation)), 1.0)
             rows = rows[acc.process_index * local_mb : (acc.process_index + 1) * local_mb]
             chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
             for k, r in enumerate(chunks):
