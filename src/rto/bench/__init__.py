@@ -82,11 +82,9 @@ class BenchConfig:
     compare: Literal["none", "trl"] = "none"
     """Also time TRL's experimental PPO trainer on the same world and shapes (needs trl <= 1.12 importable)."""
     estimators: str = ""
-    """Instead of PPO vs RTO: time RTO iterations with each of these advantage estimators, comma-separated
-    (e.g. 'gae,grpo,rloo,reinforce++-baseline,dr-grpo'), on the same shapes (rto/bench_estimators.py)."""
+    """Instead of PPO vs RTO: time RTO iterations with each of these advantage estimators on the same shapes, comma-separated (e.g. 'gae,grpo,rloo')."""
     group_size: int = 4
-    """With --estimators: responses per prompt of the group estimators (for rollout_batch_size / this many
-    prompts, so every estimator samples rollout_batch_size responses per iteration)."""
+    """With --estimators: responses per prompt of the group estimators, for rollout_batch_size / group_size prompts."""
     json_out: str | None = None
     """Write the full results as JSON to this file."""
     work_dir: str | None = None
@@ -411,7 +409,9 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         world = build_world(cfg, root)
         if cfg.estimators:
-            return _estimator_bench(cfg, root, world, load_start)
+            from rto.bench.estimators import estimator_bench
+
+            return estimator_bench(cfg, root, world, load_start)
         runs = {m: _Run(m, ppo.setup_ppo(_ppo_config(cfg, root, m))) for m in MODES}
         acc = runs["ppo"].run.acc
         floor = _make_floor(acc, runs["ppo"].cfg)
@@ -534,45 +534,13 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def _estimator_bench(cfg: BenchConfig, root: Path, world: dict, load_start: list[float]) -> dict[str, Any]:
-    from rto.bench_estimators import format_estimators, run_estimators
-
-    estimators = run_estimators(cfg, root)
-    import accelerate
-
-    result = {
-        "config": asdict(cfg),
-        "machine": {
-            **_machine(accelerate.PartialState().device),
-            "load_avg_start": load_start,
-            "load_avg_end": _load(),
-        },
-        "model": {"size": cfg.model_size, "params": world["params"], "vocab": world["vocab"]},
-        "shapes": {
-            "batch": cfg.rollout_batch_size,
-            "prompt_tokens": cfg.prompt_length,
-            "max_new_tokens": cfg.max_new_tokens,
-            "mini_batch": cfg.mini_batch_size,
-            "ppo_epochs": cfg.ppo_epochs,
-        },
-        "estimators": estimators,
-    }
-    print(format_estimators(result))
-    if cfg.json_out:
-        path = Path(cfg.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {path}")
-    return result
-
-
 def _validate(cfg: BenchConfig) -> None:
     for name in ("rollout_batch_size", "mini_batch_size", "max_new_tokens", "prompt_length", "iterations",
                  "ppo_epochs", "vocab_size"):  # fmt: skip
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"field '{name}' must be > 0, got {getattr(cfg, name)}")
     if cfg.estimators:
-        from rto.bench_estimators import parse_estimators
+        from rto.bench.estimators import parse_estimators
 
         parse_estimators(cfg.estimators)
         if cfg.group_size < 2:

@@ -14,7 +14,9 @@ the others do not, and differ only in the cost of their advantage arithmetic ("t
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,6 @@ def parse_estimators(names: str) -> list[str]:
 def _config(cfg, root: Path, name: str):
     from rto.algorithms.estimators import ESTIMATORS
     from rto.bench import _ppo_config
-    from rto.config import validate_config
 
     pc = dataclasses.replace(
         _ppo_config(cfg, root, "rto"), output_dir=str(root / f"out_est_{name}"), advantage=name
@@ -55,7 +56,7 @@ def _config(cfg, root: Path, name: str):
             num_samples_per_prompt=cfg.group_size,
             rollout_batch_size=cfg.rollout_batch_size // cfg.group_size,
         )
-    validate_config(pc)
+    pc.validate()
     return pc
 
 
@@ -141,3 +142,37 @@ def format_estimators(result: dict[str, Any]) -> str:
             f"{ph['generation']:>8.3f}{ph['score']:>9.3f}{ph['targets']:>11.4f}{ph['train']:>9.3f}{ratio:>8}"
         )
     return "\n".join(lines)
+
+
+def estimator_bench(cfg, root: Path, world: dict, load_start: list[float]) -> dict[str, Any]:
+    """The --estimators bench on the built world: run, print the table, write the JSON; returns the result."""
+    import accelerate
+
+    from rto.bench import _load, _machine
+
+    estimators = run_estimators(cfg, root)
+
+    result = {
+        "config": asdict(cfg),
+        "machine": {
+            **_machine(accelerate.PartialState().device),
+            "load_avg_start": load_start,
+            "load_avg_end": _load(),
+        },
+        "model": {"size": cfg.model_size, "params": world["params"], "vocab": world["vocab"]},
+        "shapes": {
+            "batch": cfg.rollout_batch_size,
+            "prompt_tokens": cfg.prompt_length,
+            "max_new_tokens": cfg.max_new_tokens,
+            "mini_batch": cfg.mini_batch_size,
+            "ppo_epochs": cfg.ppo_epochs,
+        },
+        "estimators": estimators,
+    }
+    print(format_estimators(result))
+    if cfg.json_out:
+        path = Path(cfg.json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {path}")
+    return result
