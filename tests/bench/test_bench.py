@@ -250,7 +250,9 @@ def test_estimators_on_the_same_shapes(tmp_path):
         assert e["prompts_per_iteration"] == (4 if name == "gae" else 2), name
         assert e["critic"] == (name == "gae")
         assert _positive_finite(e["iteration_s"]) and all(_positive_finite(v) for v in e["phases_s"].values())
+        assert _positive_finite(e["iteration_cpu_s"])
     assert est["gae"]["over_gae"] == 1.0 and _positive_finite(est["rloo"]["over_gae"])
+    assert est["gae"]["over_gae_cpu"] == 1.0 and _positive_finite(est["grpo"]["over_gae_cpu"])
 
 
 def test_estimators_are_validated():

@@ -93,13 +93,15 @@ def run_estimators(cfg, root: Path) -> dict[str, Any]:
                 flush=True,
             )
             if it >= cfg.warmup_iterations:
-                records[name].append(dict(timer.seconds))
+                records[name].append({**timer.seconds, "cpu": timer.cpu_seconds["iteration"]})
     out: dict[str, Any] = {}
     for name in names:
         recs = records[name]
         out[name] = {
             "iteration_s": _statistic([r["iteration"] for r in recs], cfg.statistic),
             "iteration_s_each": [r["iteration"] for r in recs],
+            # process CPU seconds (all threads): much less disturbed by other jobs than wall time
+            "iteration_cpu_s": _statistic([r["cpu"] for r in recs], cfg.statistic),
             "phases_s": {p: _statistic([r.get(p, 0.0) for r in recs], cfg.statistic) for p in PHASES},
             "responses_per_iteration": responses[name],
             "prompts_per_iteration": runs[name].cfg.rollout_batch_size,
@@ -109,6 +111,7 @@ def run_estimators(cfg, root: Path) -> dict[str, Any]:
         base = out["gae"]["iteration_s"]
         for name in names:
             out[name]["over_gae"] = out[name]["iteration_s"] / base
+            out[name]["over_gae_cpu"] = out[name]["iteration_cpu_s"] / out["gae"]["iteration_cpu_s"]
             out[name]["over_gae_per_round"] = [
                 a / b for a, b in zip(out[name]["iteration_s_each"], out["gae"]["iteration_s_each"])
             ]
@@ -132,14 +135,16 @@ def format_estimators(result: dict[str, Any]) -> str:
         f"load avg {result['machine']['load_avg_start']} -> {result['machine']['load_avg_end']}",
         "",
         f"{'estimator':<22}{'critic':>7}{'prompts':>8}{'iter s':>9}{'gen s':>8}{'score s':>9}{'targets s':>11}"
-        f"{'train s':>9}{'/ gae':>8}",
+        f"{'train s':>9}{'/ gae':>8}{'cpu s':>8}{'/ gae':>7}",
     ]
     for name, e in est.items():
         ph = e["phases_s"]
         ratio = f"{e['over_gae']:.2f}" if "over_gae" in e else "-"
+        ratio_cpu = f"{e['over_gae_cpu']:.2f}" if "over_gae_cpu" in e else "-"
         lines.append(
             f"{name:<22}{'yes' if e['critic'] else 'no':>7}{e['prompts_per_iteration']:>8}{e['iteration_s']:>9.3f}"
             f"{ph['generation']:>8.3f}{ph['score']:>9.3f}{ph['targets']:>11.4f}{ph['train']:>9.3f}{ratio:>8}"
+            f"{e['iteration_cpu_s']:>8.2f}{ratio_cpu:>7}"
         )
     return "\n".join(lines)
 
