@@ -20,6 +20,19 @@ def test_help_lists_working_commands(capsys):
     assert set(COMMANDS) >= {"sft", "rm", "dpo", "ppo"}
 
 
+def test_help_names_every_experiment(capsys):
+    import typing
+
+    from rto.experiments import ExperimentConfig
+
+    assert main(["--help"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("experiment"))
+    names = typing.get_args(typing.get_type_hints(ExperimentConfig)["name"])
+    assert "frontier" in names
+    for name in names:
+        assert name in line, f"`rto --help` does not list experiment {name!r}: {line}"
+
+
 def test_console_script_help():
     out = subprocess.run(
         [sys.executable, "-m", "rto.cli", "--help"], capture_output=True, text=True, check=True

@@ -63,7 +63,7 @@ COMMANDS: dict[str, Command] = {
     "experiment": Command(
         "rto.experiments:ExperimentConfig",
         "rto.experiments:run_experiment",
-        "the paper's claims at small scale: --name data-scaling | variants | sweep | token-sources",
+        "the paper's claims at small scale: --name data-scaling | variants | sweep | token-sources | frontier",
     ),
     "bench": Command(
         "rto.bench:BenchConfig",
