@@ -9,7 +9,7 @@ import pytest
 from rto.cli import main
 from rto.errors import ConfigError
 from rto.experiments import ExperimentConfig, core, run_experiment
-from rto.experiments.cells import computed_log
+from rto.experiments.cells import computed_log, world_fingerprint
 from rto.experiments.run import GROUP_K, GROUP_VARIANTS, plan, resolve, restrict
 
 
@@ -177,7 +177,15 @@ def test_bad_name_is_a_config_error():
 def test_frontier_plumbing(root, variants):
     """The frontier experiment end to end at the quick preset: trajectories from checkpoints, every
     method's points, the matched-KL rows, the fits and the plots (numbers mean nothing at this size)."""
-    res, out = _with_world(root, variants, "frontier")
+    out = root / "frontier"
+    # --reuse-from: the variants run's world and its reward and DPO models are taken, not computed again
+    run_experiment(ExperimentConfig(name="frontier", preset="quick", out=str(out), reuse_from=str(variants)))
+    res = json.loads((out / "results.json").read_text())
+    assert world_fingerprint(out) == world_fingerprint(variants)
+    shared = {e["hash"] for e in computed_log(variants) if e["kind"] == "pref"}
+    assert len(shared) == 2 and all((out / "cells" / h / "result.json").is_file() for h in shared)
+    computed_prefs = [e["hash"] for e in computed_log(out) if e["kind"] == "pref"]
+    assert len(computed_prefs) == 1 and not shared & set(computed_prefs)  # only DPO at beta 1 is new
     assert res["experiment"] == "frontier"
     rl = [p for p in res["points"] if p["method"] in ("PPO", "RTO")]
     assert {(p["method"], p["beta2"]) for p in rl} == {(m, b) for m in ("PPO", "RTO") for b in (0.01, 0.2)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,42 @@ def _store(out: str, spec: dict, result: dict, wall_s: float, cpu_s: float) -> d
     return result
 
 
+# The world files every cell reads: the prompts and SFT data, the labelled pairs, the SFT model.
+WORLD_FILES = ("data/*.jsonl", "data/labels/*.jsonl", "sft/model.safetensors", "sft/tokenizer.json")
+
+
+def world_fingerprint(out: str | Path) -> str | None:
+    """SHA-256 of the world files under ``<out>/world`` that cells read (None without a built world). Two
+    experiment folders with the same fingerprint can share cells: a cell's hash covers its settings, this
+    covers the data and SFT model those settings produced."""
+    world = Path(out) / "world"
+    files = sorted(f for pattern in WORLD_FILES for f in world.glob(pattern) if f.is_file())
+    if not (world / "sft" / "model.safetensors").is_file():
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(world)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def adopt_cell(out: str | Path, src_out: str | Path, h: str) -> bool:
+    """Copy the finished cell ``h`` of another experiment folder into ``out`` (whole, then renamed into
+    place, so an interruption leaves no half cell); False when ``src_out`` has no finished cell ``h``."""
+    src = Path(src_out) / "cells" / h
+    if not (src / RESULT).is_file():
+        return False
+    dest = Path(out) / "cells" / h
+    tmp = dest.with_name(f".{h}.{os.getpid()}.copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dest, ignore_errors=True)  # an unfinished attempt of this run
+    os.replace(tmp, dest)
+    return True
+
+
 def run_cells(
     out: str | Path,
     specs: Sequence[dict],
@@ -78,8 +115,10 @@ def run_cells(
     workers: int = 1,
     threads: int = 1,
     on_done: Callable[[dict], None] | None = None,
+    reuse_from: Sequence[str | Path] = (),
 ) -> list[dict]:
-    """Results of ``specs`` in order: cached ones read from disk, the rest computed by ``func``
+    """Results of ``specs`` in order: cached ones read from disk, finished ones of the experiment folders
+    ``reuse_from`` (same world: see ``world_fingerprint``) copied in, the rest computed by ``func``
     ("module:function" taking (spec, folder) and returning a JSON-able dict) with rto.runner, in
     ``workers`` processes (each cell's output then goes to ``cells/<hash>/cell.log``). Duplicate specs
     are computed once; each result is stored as soon as its cell is done."""
@@ -88,15 +127,21 @@ def run_cells(
     out = str(out)
     results: dict[str, dict] = {}
     todo: dict[str, dict] = {}
+    adopted = 0
     for s in specs:
         h = cell_hash(s)
         if h in results or h in todo:
             continue
         cached = load_result(out, s)
+        if cached is None and any(adopt_cell(out, src, h) for src in reuse_from):
+            cached = load_result(out, s)
+            adopted += cached is not None
         if cached is not None:
             results[h] = cached
         else:
             todo[h] = s
+    if adopted:
+        print(f"   {adopted} cell(s) reused from {', '.join(map(str, reuse_from))}", flush=True)
     if todo:
         print(f"   {len(todo)} cell(s) to compute, {len(results)} cached", flush=True)
     parallel = workers > 1 and len(todo) > 1

@@ -488,7 +488,7 @@ def overall_verdict(matched: list[dict]) -> str:
 # ----------------------------------------------------------------------------- running
 
 
-def run_frontier(cfg, demo: dict, preset: dict, out: Path, t0: float, done) -> Path:
+def run_frontier(cfg, demo: dict, preset: dict, out: Path, t0: float, done, reuse=()) -> Path:
     """Plan, compute (cached cells), analyse and report; called by rto.experiments.run.run_experiment."""
     import dataclasses
     import os
@@ -500,13 +500,13 @@ def run_frontier(cfg, demo: dict, preset: dict, out: Path, t0: float, done) -> P
     load_start = _loadavg()
     prefs, methods, meta = plan(demo, preset, cfg.seeds)
     print("== preference models", flush=True)
-    pref_res = run_cells(out, prefs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done)
+    pref_res = run_cells(out, prefs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done, reuse)
     print("== policies", flush=True)
     specs = [s for cells in methods.values() for s in cells]
     # seed by seed (the fixed policies after seed 0): an interrupted run holds whole seeds, and rerunning
     # it with fewer --seeds reuses them
     specs.sort(key=lambda s: s["seed"] if s["kind"] == "rl" else 0.5)
-    flat = run_cells(out, specs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done)
+    flat = run_cells(out, specs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done, reuse)
     by_hash = {r["hash"]: r for r in flat}
     res = {m: [by_hash[cell_hash(s)] for s in cells] for m, cells in methods.items()}
     sft = res["SFT"][0]["per_prompt"]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from rto.errors import ConfigError
 from rto.experiments import core, frontier
-from rto.experiments.cells import cell_hash, run_cells, write_json_atomic
+from rto.experiments.cells import cell_hash, run_cells, world_fingerprint, write_json_atomic
 from rto.stats import aggregate, compare
 
 NAMES = ("data-scaling", "variants", "sweep", "token-sources", "frontier")
@@ -93,6 +93,8 @@ class ExperimentConfig:
     """Gold reward that labels the preference pairs and judges every policy: 'vader', 'module:function' or 'file.py:function' (as `rto demo --gold-reward`); part of every cell's settings."""
     only: str = ""
     """Compute and report only these methods, comma-separated (e.g. 'RTO+RLOO/token,PPO+GRPO/seq'); default: every method of the experiment."""
+    reuse_from: str = ""
+    """Output folders of earlier experiments, comma-separated: their finished cells whose settings coincide with this run's (same cell hash) are copied into --out instead of computed, when their world (SFT model, data, labels) is this run's; an empty --out starts from the first one's world."""
     workers: int = 2
     """Cells computed in parallel (processes)."""
     threads: int = 1
@@ -118,6 +120,13 @@ def resolve(cfg: ExperimentConfig) -> tuple[ExperimentConfig, Any, dict]:
         raise ConfigError(f"field 'pref_budget' must be 'epochs' or 'steps', got {cfg.pref_budget!r}")
     if not cfg.out:
         cfg.out = f"runs/experiment-{cfg.name}-{cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for src in reuse_folders(cfg):
+        if not (src / "cells").is_dir():
+            raise ConfigError(
+                f"field 'reuse_from': {src} is not an experiment output folder (no cells/ in it)"
+            )
+        if src.resolve() == Path(cfg.out).resolve():
+            raise ConfigError(f"field 'reuse_from': {src} is --out itself")
     demo_over = {**p["demo"], **p.get("per_experiment", {}).get(cfg.name, {})}
     if cfg.ppo_iterations:
         demo_over["ppo_iterations"] = cfg.ppo_iterations
@@ -293,6 +302,32 @@ def _default_key(meta: dict) -> str | None:
 # ----------------------------------------------------------------------------- running
 
 
+def reuse_folders(cfg: ExperimentConfig) -> list[Path]:
+    return [Path(x.strip()) for x in cfg.reuse_from.split(",") if x.strip()]
+
+
+def adopt_world(out: Path, sources: list[Path]) -> None:
+    """An --out without a world starts from a copy of the first source's (its stages are then reused
+    where their settings are this run's, and computed again where not)."""
+    import shutil
+
+    world = out / "world"
+    src = next((s / "world" for s in sources if world_fingerprint(s) is not None), None)
+    if src is not None and not world.exists():
+        print(f"== world: starting from a copy of {src}", flush=True)
+        shutil.copytree(src, world)
+
+
+def same_world(out: Path, sources: list[Path]) -> list[Path]:
+    """The sources whose world files are this run's (the others are named and left out)."""
+    mine = world_fingerprint(out)
+    usable = [s for s in sources if world_fingerprint(s) == mine]
+    for s in sources:
+        if s not in usable:
+            print(f"== not reusing cells of {s}: its world (SFT model, data or labels) differs", flush=True)
+    return usable
+
+
 def run_experiment(cfg: ExperimentConfig) -> Path:
     """`rto experiment`: returns the output folder (results.json, summary.md, plots/*.png, cells/)."""
     import torch
@@ -307,7 +342,9 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
     from rto.tasks.gold import load_gold_reward
 
     load_gold_reward(cfg.gold_reward)  # fail now, not after training, if the spec is wrong
+    adopt_world(out, reuse_folders(cfg))
     core.build_world(dcfg)
+    reuse = same_world(out, reuse_folders(cfg))
     demo = core.demo_spec(dcfg)
 
     def done(r: dict) -> None:
@@ -324,7 +361,7 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         )
 
     if cfg.name == "frontier":
-        return frontier.run_frontier(cfg, demo, preset, out, t0, done)
+        return frontier.run_frontier(cfg, demo, preset, out, t0, done, reuse)
     p = restrict(plan(cfg, demo, preset), cfg.only)
     if cfg.name == "sweep":
         for m in p.meta.values():
@@ -333,10 +370,10 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
             )
 
     print("== preference models", flush=True)
-    run_cells(out, p.prefs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done)
+    run_cells(out, p.prefs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done, reuse)
     print("== policies", flush=True)
     specs = [s for cells in p.methods.values() for s in cells]
-    flat = run_cells(out, specs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done)
+    flat = run_cells(out, specs, "rto.experiments.core:run_cell", cfg.workers, cfg.threads, done, reuse)
     by_hash = {r["hash"]: r for r in flat}
     res = {m: [by_hash[cell_hash(s)] for s in cells] for m, cells in p.methods.items()}
     prefs = {cell_hash(s): core.load_result_for(out, s) for s in p.prefs}
