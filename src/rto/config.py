@@ -11,6 +11,9 @@ folder, seeding, checkpoints, logging), the column names, ``LoraOptions``, ``Opt
 ``GenerationOptions`` (engine, response length, temperature, top-p, samples per prompt: used by `rto
 ppo`, `rto eval`, `rto label` and `rto demo`). Each config's ``validate()`` checks everything that can
 be checked before a model is loaded and reports every missing required field at once.
+
+One module on purpose (about 800 lines, most of them field docstrings): every command's settings and
+their help text in one place, so that the shared groups stay shared and `rto <cmd> --help` reads from here.
 """
 
 from __future__ import annotations

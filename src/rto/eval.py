@@ -31,6 +31,9 @@ Best-of-N (``best_of_n``, default 16) samples N responses per prompt from the re
 other seeds and keeps the one with the highest gold reward. It reads the gold function at test time, so
 it is an oracle upper reference, not a competing method; its KL to the reference is the analytic bound
 ``log N - (N - 1) / N`` (Stiennon et al. 2020), not a sampled estimate.
+
+One module on purpose (about 600 lines): sampling, every metric and the bootstrap of one evaluation,
+which the demo, the experiments and `rto eval` all share.
 """
 
 from __future__ import annotations

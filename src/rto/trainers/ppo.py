@@ -18,6 +18,10 @@ top to bottom:
 Multi-process: each process generates and scores its share of the global prompt batch; the rollout is
 then gathered so every process holds the whole global batch. Whitening and metrics are therefore global,
 and mini-batches are the same global sets of samples whatever the number of processes.
+
+One module on purpose (about 600 lines): setup, one iteration's five phases and the update read top to
+bottom here; the models and scoring roles (ppo_models.py, rto/scoring.py), the experience record
+(experience.py), the estimators (algorithms/), checkpoints, metrics and distribution live elsewhere.
 """
 
 from __future__ import annotations
