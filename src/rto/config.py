@@ -384,7 +384,7 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
     beta1: float = 0.05
     """Weight of the DPO token reward log pi_dpo - log pi_ref. Keep beta1 <= beta2 (see beta2)."""
     beta2: float = 0.05
-    """Per-token KL coefficient (initial value with adaptive_kl). With beta1 > beta2 and no dpo_reward_clip RTO collapsed in every seed of our sweep (docs/experiments.md); the paper's value is 0.01."""
+    """Per-token KL coefficient (initial value with adaptive_kl). With beta1 > beta2 and no dpo_reward_clip RTO collapsed at every such setting of our sweep (docs/experiments.md); the paper's value is 0.01."""
     beta3: float = 1.0
     """Weight of the normalised reward-model score at the last token."""
     dpo_reward_clip: float | None = None
@@ -555,8 +555,8 @@ class PPOConfig(RunConfig, PromptColumns, LoraOptions, GenerationOptions, VLLMOp
         if self.needs_dpo_model and self.beta1 > self.beta2 and self.dpo_reward_clip is None:
             out.append(
                 f"beta1 ({self.beta1:g}) > beta2 ({self.beta2:g}) without --dpo-reward-clip: in our sweep "
-                "(docs/experiments.md) every such setting collapsed in every seed (responses ran to the length "
-                "cap, KL in the hundreds); keep beta1 <= beta2 or clip the DPO token reward"
+                "(docs/experiments.md) every such setting collapsed (responses ran to or towards the length cap, "
+                "KL in the hundreds); keep beta1 <= beta2 or clip the DPO token reward"
             )
         return out
 
