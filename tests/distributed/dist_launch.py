@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -204,3 +206,43 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# Metrics that measure time, not training: never compared between runs.
+NOT_COMPARED = {"time_generate_s", "time_score_s", "time_train_s", "tokens_per_s"}
+
+
+def read_rollouts(folder: Path) -> dict:
+    """A run's rollouts.jsonl keyed by (iteration, sample)."""
+    records = [json.loads(x) for x in (folder / "rollouts.jsonl").read_text().splitlines()]
+    keyed = {(r["iteration"], r["sample"]): r for r in records}
+    assert len(keyed) == len(records), "a sample was dumped twice"
+    return keyed
+
+
+def assert_same_rollouts(a: dict, b: dict, atol: float) -> None:
+    """Token ids equal; every float (and list of floats) within ``atol``."""
+    assert a.keys() == b.keys()
+    for key in a:
+        ra, rb = a[key], b[key]
+        for field in ("prompt_ids", "response_ids", "ended"):
+            assert ra[field] == rb[field], (key, field)
+        for field, va in ra.items():
+            vb = rb[field]
+            if isinstance(va, list) and va and isinstance(va[0], float):
+                assert max(abs(x - y) for x, y in zip(va, vb)) <= atol, (key, field)
+            elif isinstance(va, float):
+                assert va == pytest.approx(vb, abs=atol), (key, field)
+
+
+def assert_same_metrics(a: list[dict], b: list[dict], tol: float) -> None:
+    """The same steps and keys; finite floats within ``tol``, everything else equal (timings aside)."""
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra.keys() - NOT_COMPARED:
+            va, vb = ra[k], rb[k]
+            if isinstance(va, float) and math.isfinite(va):
+                assert va == pytest.approx(vb, rel=tol, abs=tol), (ra["step"], k, va, vb)
+            else:
+                assert va == vb, (ra["step"], k)

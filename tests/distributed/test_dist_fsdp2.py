@@ -26,10 +26,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from dist_launch import (
+    assert_same_metrics,
+    assert_same_rollouts,
+    eos_prone_gpt2,
+    launch,
+    max_weight_diff,
+    one_thread,
+    read_rollouts,
+    save,
+    score_gpt2,
+    weights,
+)  # isort: skip
 
 from tests.trainers.helpers import preference_rows, prompt_rows, read_metrics, sft_rows, write_jsonl
 
-from dist_launch import eos_prone_gpt2, launch, max_weight_diff, one_thread, save, score_gpt2, weights  # isort: skip
 from dist_worker import run_stage  # isort: skip
 
 pytestmark = pytest.mark.skipif(
@@ -38,7 +49,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 ATOL = 1e-5
-NOT_COMPARED = {"time_generate_s", "time_score_s", "time_train_s", "tokens_per_s"}
 PPO_RUNS = ("rto", "ppo", "rpp_offload", "lora")
 SUPERVISED = ("sft", "rm", "dpo")
 
@@ -118,39 +128,6 @@ def runs(tmp_path_factory, tiny_tokenizer):
     return {"root": root, "one": one, "two": two, "reports": reports, "resumed": resumed_reports}
 
 
-def _rollouts(folder: Path) -> dict:
-    records = [json.loads(x) for x in (folder / "rollouts.jsonl").read_text().splitlines()]
-    keyed = {(r["iteration"], r["sample"]): r for r in records}
-    assert len(keyed) == len(records), "a sample was dumped twice"
-    return keyed
-
-
-def _assert_same_rollouts(a: dict, b: dict, atol: float) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        ra, rb = a[key], b[key]
-        for field in ("prompt_ids", "response_ids", "ended"):
-            assert ra[field] == rb[field], (key, field)
-        for field, va in ra.items():
-            vb = rb[field]
-            if isinstance(va, list) and va and isinstance(va[0], float):
-                assert max(abs(x - y) for x, y in zip(va, vb)) <= atol, (key, field)
-            elif isinstance(va, float):
-                assert va == pytest.approx(vb, abs=atol), (key, field)
-
-
-def _assert_same_metrics(a: list[dict], b: list[dict], tol: float) -> None:
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys()
-        for k in ra.keys() - NOT_COMPARED:
-            va, vb = ra[k], rb[k]
-            if isinstance(va, float):
-                assert va == pytest.approx(vb, rel=tol, abs=tol), (ra["step"], k, va, vb)
-            else:
-                assert va == vb, (ra["step"], k)
-
-
 def test_every_run_was_sharded_over_two_processes(runs):
     for rank, report in enumerate(runs["reports"] + runs["resumed"]):
         for seen in report["runs"]:
@@ -167,7 +144,7 @@ def test_every_run_was_sharded_over_two_processes(runs):
 def test_processes_finished_sampling_at_different_steps(runs):
     """Each process's rows end at different steps (the EOS-prone policy), so a process kept stepping
     the sharded policy after its own rows had ended: synced generation was exercised."""
-    rec = _rollouts(runs["two"] / "rto")
+    rec = read_rollouts(runs["two"] / "rto")
     longest = [
         [max(len(rec[(it, s)]["response_ids"]) for s in half) for half in (range(4), range(4, 8))]
         for it in (1, 2, 3)
@@ -178,8 +155,8 @@ def test_processes_finished_sampling_at_different_steps(runs):
 @pytest.mark.parametrize("name", PPO_RUNS)
 def test_ppo_matches_one_unsharded_process(runs, name):
     one, two = runs["one"] / name, runs["two"] / name
-    _assert_same_rollouts(_rollouts(one), _rollouts(two), ATOL)
-    _assert_same_metrics(read_metrics(one), read_metrics(two), ATOL)
+    assert_same_rollouts(read_rollouts(one), read_rollouts(two), ATOL)
+    assert_same_metrics(read_metrics(one), read_metrics(two), ATOL)
     assert max_weight_diff(one, two) <= ATOL  # the policy (LoRA: merged)
     start = runs["root"] / "sft_model"
     assert max_weight_diff(start, two) > 1e-4  # it was really trained
@@ -216,8 +193,8 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(runs):
     assert [p.name for p in (resumed / "checkpoints").iterdir() if p.name.startswith("step-")] == [
         "step-00000002"
     ]
-    _assert_same_rollouts(_rollouts(full), _rollouts(resumed), 0.0)
-    _assert_same_metrics(read_metrics(full), read_metrics(resumed), 0.0)
+    assert_same_rollouts(read_rollouts(full), read_rollouts(resumed), 0.0)
+    assert_same_metrics(read_metrics(full), read_metrics(resumed), 0.0)
     for sub in (".", "critic"):
         a, b = weights(full / sub), weights(resumed / sub)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub

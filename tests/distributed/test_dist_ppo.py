@@ -8,18 +8,26 @@ references run in this pytest process.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from dist_launch import (
+    assert_same_metrics,
+    assert_same_rollouts,
+    eos_prone_gpt2,
+    launch,
+    max_weight_diff,
+    one_thread,
+    read_rollouts,
+    save,
+    score_gpt2,
+    weights,
+)  # isort: skip
 
 from rto.config import PPOConfig
 from rto.trainers.ppo import train_ppo
 from tests.trainers.helpers import prompt_rows, read_metrics, write_jsonl
-
-from dist_launch import eos_prone_gpt2, launch, max_weight_diff, one_thread, save, score_gpt2, weights  # isort: skip
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -27,7 +35,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 ATOL = 1e-5
-NOT_COMPARED = {"time_generate_s", "time_score_s", "time_train_s", "tokens_per_s"}
 
 
 @pytest.fixture(scope="module")
@@ -87,39 +94,6 @@ def runs(tmp_path_factory, tiny_tokenizer):
     return {"one": one, "two": two, "reports": reports}
 
 
-def _rollouts(folder: Path) -> dict:
-    records = [json.loads(x) for x in (folder / "rollouts.jsonl").read_text().splitlines()]
-    keyed = {(r["iteration"], r["sample"]): r for r in records}
-    assert len(keyed) == len(records), "a sample was dumped twice"
-    return keyed
-
-
-def _assert_same_rollouts(a: dict, b: dict, atol: float) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        ra, rb = a[key], b[key]
-        for field in ("prompt_ids", "response_ids", "ended"):
-            assert ra[field] == rb[field], (key, field)
-        for field, va in ra.items():
-            vb = rb[field]
-            if isinstance(va, list) and va and isinstance(va[0], float):
-                assert max(abs(x - y) for x, y in zip(va, vb)) <= atol, (key, field)
-            elif isinstance(va, float):
-                assert va == pytest.approx(vb, abs=atol), (key, field)
-
-
-def _assert_same_metrics(a: list[dict], b: list[dict], tol: float) -> None:
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys()
-        for k in ra.keys() - NOT_COMPARED:
-            va, vb = ra[k], rb[k]
-            if isinstance(va, float) and math.isfinite(va):
-                assert va == pytest.approx(vb, rel=tol, abs=tol), (ra["step"], k, va, vb)
-            else:
-                assert va == vb, (ra["step"], k)
-
-
 def test_two_processes_really_ran(runs):
     reports = runs["reports"]
     for rank, report in enumerate(reports):
@@ -135,7 +109,7 @@ def test_two_processes_really_ran(runs):
 def test_the_world_exercises_uneven_shapes(runs):
     """Prompt widths and response lengths differ between the two processes' shares, so the gather
     must align left-padded prompts and right-padded responses."""
-    rec = _rollouts(runs["one"] / "rto")
+    rec = read_rollouts(runs["one"] / "rto")
     for it in (1, 2, 3):
         samples = [rec[(it, s)] for s in range(8)]
         lengths = [len(r["response_ids"]) for r in samples]
@@ -148,9 +122,9 @@ def test_the_world_exercises_uneven_shapes(runs):
 
 @pytest.mark.parametrize("name", ["rto", "rpp", "lora", "grp"])
 def test_rollouts_rewards_and_advantages_match_one_process(runs, name):
-    one, two = _rollouts(runs["one"] / name), _rollouts(runs["two"] / name)
+    one, two = read_rollouts(runs["one"] / name), read_rollouts(runs["two"] / name)
     assert len(one) == 8 * (3 if name == "rto" else 2)
-    _assert_same_rollouts(one, two, ATOL)
+    assert_same_rollouts(one, two, ATOL)
     if name == "grp":  # each process sampled both responses of its prompts: groups were split by prompt
         for it in (1, 2):
             for g in range(4):
@@ -166,7 +140,7 @@ def test_rollouts_rewards_and_advantages_match_one_process(runs, name):
 def test_metrics_are_global_means(runs, name):
     """Token means (entropy, clipfrac, ...) over every process's tokens, not a mean of per-process
     means: with accumulation over micro-batches of 1 on 2 processes they equal 1 process's values."""
-    _assert_same_metrics(read_metrics(runs["one"] / name), read_metrics(runs["two"] / name), ATOL)
+    assert_same_metrics(read_metrics(runs["one"] / name), read_metrics(runs["two"] / name), ATOL)
 
 
 def test_adaptive_kl_controller_is_global(runs):
@@ -195,8 +169,8 @@ def test_updated_weights_match_one_process(runs, name):
 def test_resume_on_two_processes_finishes_like_an_uninterrupted_run(runs):
     full, resumed = runs["two"] / "rto", runs["two"] / "rto_resumed"
     assert (resumed / "checkpoints" / "step-00000002" / "trainer_state.json").is_file()
-    _assert_same_rollouts(_rollouts(full), _rollouts(resumed), 1e-6)
-    _assert_same_metrics(read_metrics(full), read_metrics(resumed), 1e-6)
+    assert_same_rollouts(read_rollouts(full), read_rollouts(resumed), 1e-6)
+    assert_same_metrics(read_metrics(full), read_metrics(resumed), 1e-6)
     assert max_weight_diff(full, resumed) <= 1e-6
     assert max_weight_diff(full / "critic", resumed / "critic") <= 1e-6
 
