@@ -82,28 +82,14 @@ def build_world(root: Path, size: str, n_prompts: int) -> dict:
 
 def worker(spec_path: str) -> None:
     import torch
+    from prepared_models import record_prepared_models
 
     from rto import distributed
     from rto.config import PPOConfig
     from rto.trainers.ppo import train_ppo
 
     spec = json.loads(Path(spec_path).read_text())
-    held = {"models": [], "optimizers": []}
-
-    def recording(fn):
-        def wrapper(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            for obj in out if isinstance(out, tuple) else (out,):
-                if isinstance(obj, torch.nn.Module):
-                    held["models"].append(obj)
-                elif isinstance(obj, torch.optim.Optimizer):
-                    held["optimizers"].append(obj)
-            return out
-
-        return wrapper
-
-    distributed.prepare_trained = recording(distributed.prepare_trained)
-    distributed.prepare_frozen = recording(distributed.prepare_frozen)
+    held = record_prepared_models()
     t0 = time.perf_counter()
     train_ppo(PPOConfig(**spec["config"]))
     rank = int(os.environ.get("RANK", "0"))

@@ -43,6 +43,7 @@ CONFIGS = {"ddp": "ddp_cpu.yaml", "fsdp2": "fsdp2.yaml"}
 def worker(spec_path: str) -> None:
     """One process of one layout's run: train, then report this process's state bytes and peak RSS."""
     import torch
+    from prepared_models import record_prepared_models
 
     from rto import distributed
     from rto.config import PPOConfig
@@ -50,22 +51,7 @@ def worker(spec_path: str) -> None:
 
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
-    held = {"models": [], "optimizers": []}
-
-    def recording(fn):
-        def wrapper(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            for obj in out if isinstance(out, tuple) else (out,):
-                if isinstance(obj, torch.nn.Module):
-                    held["models"].append(obj)
-                elif isinstance(obj, torch.optim.Optimizer):
-                    held["optimizers"].append(obj)
-            return out
-
-        return wrapper
-
-    distributed.prepare_trained = recording(distributed.prepare_trained)
-    distributed.prepare_frozen = recording(distributed.prepare_frozen)
+    held = record_prepared_models()
     train_ppo(PPOConfig(**spec["config"]))
     rank = int(os.environ.get("RANK", "0"))
     state = distributed.local_state_bytes(held["models"], held["optimizers"])
