@@ -261,6 +261,16 @@ def _model_mb(run: _Run) -> float:
     return total / 2**20
 
 
+def log_round(it: int, n_rounds: int, warmup: int, name: str, timer, extra: str = "") -> None:
+    """One progress line on stderr per measured (or warm-up) iteration."""
+    print(
+        f"[rto bench] round {it + 1}/{n_rounds}{' (warm-up)' if it < warmup else ''} "
+        f"{name}: iteration {timer.seconds['iteration']:.2f} s{extra}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _statistic(xs: list[float], how: str) -> float:
     if how == "min":
         return float(min(xs))
@@ -440,12 +450,7 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 if it == 0:
                     _check_instrumentation(run, timer)
                 floor_s = sum(v for k, v in timer.seconds.items() if k.startswith("floor."))
-                print(
-                    f"[rto bench] round {it + 1}/{n_rounds}{' (warm-up)' if it < cfg.warmup_iterations else ''} "
-                    f"{mode}: iteration {timer.seconds['iteration']:.2f} s, floor {floor_s:.2f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log_round(it, n_rounds, cfg.warmup_iterations, mode, timer, f", floor {floor_s:.2f} s")
                 if it >= cfg.warmup_iterations:
                     rec = {f"t.{k}": v for k, v in timer.seconds.items()}
                     rec.update({f"c.{k}": v for k, v in timer.cpu_seconds.items()})

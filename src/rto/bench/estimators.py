@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ def run_estimators(cfg, root: Path) -> dict[str, Any]:
     """Time ``cfg.estimators`` side by side on the world under ``root``; returns per-estimator seconds."""
     import statistics
 
-    from rto.bench import _Observer, _statistic
+    from rto.bench import _Observer, _statistic, log_round
     from rto.trainers import ppo
     from rto.trainers.timing import PhaseTimer
 
@@ -86,12 +85,7 @@ def run_estimators(cfg, root: Path) -> dict[str, Any]:
             with timer.phase("iteration"):
                 ppo.ppo_iteration(run, it, indices, observer=observer)
             responses[name] = int(observer.exp.mask.shape[0])
-            print(
-                f"[rto bench] round {it + 1}/{n_rounds}{' (warm-up)' if it < cfg.warmup_iterations else ''} "
-                f"{name}: iteration {timer.seconds['iteration']:.2f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            log_round(it, n_rounds, cfg.warmup_iterations, name, timer)
             if it >= cfg.warmup_iterations:
                 records[name].append({**timer.seconds, "cpu": timer.cpu_seconds["iteration"]})
     out: dict[str, Any] = {}
