@@ -261,6 +261,15 @@ def _model_mb(run: _Run) -> float:
     return total / 2**20
 
 
+def write_json_out(json_out: str | None, result: dict) -> None:
+    """Write the full results as JSON to ``--json-out`` (when given) and say where."""
+    if json_out:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {path}")
+
+
 def log_round(it: int, n_rounds: int, warmup: int, name: str, timer, extra: str = "") -> None:
     """One progress line on stderr per measured (or warm-up) iteration."""
     print(
@@ -531,11 +540,7 @@ def _run_bench(cfg: BenchConfig) -> dict[str, Any]:
         if own_dir:
             shutil.rmtree(root, ignore_errors=True)
     print(format_table(result))
-    if cfg.json_out:
-        path = Path(cfg.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {path}")
+    write_json_out(cfg.json_out, result)
     return result
 
 

@@ -14,7 +14,6 @@ the others do not, and differ only in the cost of their advantage arithmetic ("t
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -147,7 +146,7 @@ def estimator_bench(cfg, root: Path, world: dict, load_start: list[float]) -> di
     """The --estimators bench on the built world: run, print the table, write the JSON; returns the result."""
     import accelerate
 
-    from rto.bench import _load, _machine
+    from rto.bench import _load, _machine, write_json_out
 
     estimators = run_estimators(cfg, root)
 
@@ -169,9 +168,5 @@ def estimator_bench(cfg, root: Path, world: dict, load_start: list[float]) -> di
         "estimators": estimators,
     }
     print(format_estimators(result))
-    if cfg.json_out:
-        path = Path(cfg.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {path}")
+    write_json_out(cfg.json_out, result)
     return result
