@@ -208,6 +208,12 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+# The mark of every 2-process test module (its ``pytestmark``).
+NEEDS_GLOO = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="needs torch.distributed with the gloo backend",
+)
+
 # Metrics that measure time, not training: never compared between runs.
 NOT_COMPARED = {"time_generate_s", "time_score_s", "time_train_s", "tokens_per_s"}
 

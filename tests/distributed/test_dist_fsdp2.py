@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from dist_launch import (
+    NEEDS_GLOO,
     assert_same_metrics,
     assert_same_rollouts,
     eos_prone_gpt2,
@@ -43,10 +44,7 @@ from tests.trainers.helpers import preference_rows, prompt_rows, read_metrics, s
 
 from dist_worker import run_stage  # isort: skip
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="needs torch.distributed with the gloo backend",
-)
+pytestmark = NEEDS_GLOO
 
 ATOL = 1e-5
 PPO_RUNS = ("rto", "ppo", "rpp_offload", "lora")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from dist_launch import (
+    NEEDS_GLOO,
     assert_same_metrics,
     assert_same_rollouts,
     eos_prone_gpt2,
@@ -29,10 +30,7 @@ from rto.config import PPOConfig
 from rto.trainers.ppo import train_ppo
 from tests.trainers.helpers import prompt_rows, read_metrics, write_jsonl
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="needs torch.distributed with the gloo backend",
-)
+pytestmark = NEEDS_GLOO
 
 ATOL = 1e-5
 

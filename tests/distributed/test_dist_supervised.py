@@ -17,17 +17,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tests.trainers.helpers import preference_rows, read_metrics, sft_rows, write_jsonl
 
-from dist_launch import cli_args, launch, max_weight_diff, one_thread, save  # isort: skip
+from dist_launch import NEEDS_GLOO, cli_args, launch, max_weight_diff, one_thread, save  # isort: skip
 from dist_worker import run_stage  # isort: skip
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="needs torch.distributed with the gloo backend",
-)
+pytestmark = NEEDS_GLOO
 
 STAGES = ("sft", "rm", "dpo")
 # processes x per-device batch x accumulation -> (per-device batch, accumulation); reference: 1x4x2
